@@ -1,0 +1,69 @@
+/* pack.c -- `thaw pack SRC -o OUT [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]` */
+#include "runtime.h"
+#include "snapshot.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int pack_usage(void)
+{
+    fprintf(stderr, "usage: thaw pack SRC -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
+                    "  SRC: a GGUF file or a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)\n");
+    return 2;
+}
+
+int rt_cmd_pack(int argc, char **argv)
+{
+    const char *src = NULL, *out = NULL;
+    snap_pack_opts o = {.quant = SNAP_QUANT_Q4, .target = SNAP_TARGET_CPU, .progress = isatty(2)};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && v) {
+            out = v;
+            i++;
+        } else if (!strcmp(a, "--quant") && v) {
+            if (!strcmp(v, "q4"))
+                o.quant = SNAP_QUANT_Q4;
+            else if (!strcmp(v, "q8"))
+                o.quant = SNAP_QUANT_Q8;
+            else if (!strcmp(v, "f16"))
+                o.quant = SNAP_QUANT_F16;
+            else {
+                fprintf(stderr, "thaw pack: --quant must be q4, q8 or f16, not '%s'\n", v);
+                return 2;
+            }
+            i++;
+        } else if (!strcmp(a, "--target") && v) {
+            if (!strcmp(v, "cpu"))
+                o.target = SNAP_TARGET_CPU;
+            else if (!strcmp(v, "cuda"))
+                o.target = SNAP_TARGET_CUDA;
+            else {
+                fprintf(stderr, "thaw pack: --target must be cpu or cuda, not '%s'\n", v);
+                return 2;
+            }
+            i++;
+        } else if (!strcmp(a, "--name") && v) {
+            o.name = v;
+            i++;
+        } else if (!strcmp(a, "--quiet")) {
+            o.progress = 0;
+        } else if (a[0] == '-' || src) {
+            fprintf(stderr, "thaw pack: unexpected argument '%s'\n", a);
+            return pack_usage();
+        } else {
+            src = a;
+        }
+    }
+    if (!src || !out)
+        return pack_usage();
+    snap_err err = {{0}};
+    int rc = snap_pack(src, out, &o, &err);
+    if (rc) {
+        fprintf(stderr, "thaw pack: %s\n", err.msg[0] ? err.msg : snap_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
