@@ -121,8 +121,8 @@ fail:
 static int read_json(const char *dir, const char *name, bool optional, cJSON **out, snap_err *err)
 {
     char path[HF_PATH_MAX];
-    char *text;
-    size_t len;
+    char *text = NULL;
+    size_t len = 0;
     *out = NULL;
     int rc = path_join(path, dir, name, err);
     if (rc)
@@ -515,12 +515,17 @@ static int st_tensor(hf_reader *r, const char *path, const cJSON *it, const uint
         if (strcmp(dt->valuestring, st_dtypes[i].name) == 0)
             di = (int)i;
     if (di >= 0 && (too_big || numel > UINT64_MAX / st_dtypes[di].size ||
-                    numel * st_dtypes[di].size != end - begin))
-        return snap_fail(err, SNAP_EFORMAT, "%s: tensor '%s': %s shape with %d dims holds %s%llu elements but "
-                         "data_offsets [%llu, %llu] (file offset %llu) span %llu bytes", path, hf,
-                         dt->valuestring, n_dims, too_big ? "over " : "", (unsigned long long)numel,
-                         (unsigned long long)begin, (unsigned long long)end,
-                         (unsigned long long)(data_off + begin), (unsigned long long)(end - begin));
+                    numel * st_dtypes[di].size != end - begin)) {
+        char count[32];
+        if (too_big)
+            snprintf(count, sizeof count, "over 2^64");
+        else
+            snprintf(count, sizeof count, "%llu", (unsigned long long)numel);
+        return snap_fail(err, SNAP_EFORMAT, "%s: tensor '%s': %d-dim %s shape holds %s elements, which is not "
+                         "the %llu bytes its data_offsets [%llu, %llu] (file offset %llu) span", path, hf, n_dims,
+                         dt->valuestring, count, (unsigned long long)(end - begin), (unsigned long long)begin,
+                         (unsigned long long)end, (unsigned long long)(data_off + begin));
+    }
 
     snap_src_tensor t;
     memset(&t, 0, sizeof t);

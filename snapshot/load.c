@@ -11,12 +11,14 @@
  *     mapped over its slot with MAP_FIXED from the file (chunk file offsets, image offsets and
  *     the chunk size are all page multiples by construction), so raw weights are the page
  *     cache's own pages. LZ4 chunks are decompressed into the anonymous pages.
- *   - I/O mode (SNAP_IO_AUTO): measured with bench/coldload on the 2-core development machine,
- *     default SmolLM2 snapshot (99 MB) from the page cache -- see bench/RESULTS.md. Host loads
- *     use mmap: a raw chunk costs only a MAP_POPULATE of page-cache pages, where pread must
- *     copy every byte once more. Streamed loads use pread into the consumer's buffer: the
- *     bytes must be copied into staging either way, and pread does it in one pass without
- *     the page-table work of faulting the file mapping.
+ *   - I/O mode (SNAP_IO_AUTO = mmap): measured with bench/coldload on the 2-core development
+ *     machine, default SmolLM2 snapshot (97 MB, all chunks raw), page cache warm, 2 threads,
+ *     best of 7 (bench/RESULTS.md): host image mmap 10.8 GB/s vs pread 3.9 GB/s (pread must
+ *     copy every byte into freshly faulted anonymous pages; mmap only populates page tables
+ *     over the page cache); stream into a consumer buffer mmap+memcpy 8.0-8.5 GB/s vs pread
+ *     7.3-7.7 GB/s (both copy once; the mapping avoids a syscall per chunk). So mmap is the
+ *     default for both; pread stays selectable for filesystems where mapping is slow or
+ *     unsafe (some FUSE mounts).
  *   - Verification hashes the stored bytes (XXH3-64), so a corrupt LZ4 chunk is caught before
  *     it is decompressed; LZ4_decompress_safe never writes past raw_size in any case.
  *   - Files are assumed immutable while loaded (snapshots are build artefacts); a file
@@ -359,7 +361,7 @@ static int job_init(load_job *job, snap_file *f, int mode, const snap_load_opts 
     job->verify = mode == MODE_VERIFY || !opts || opts->verify;
     uint32_t io = opts ? opts->io : SNAP_IO_AUTO;
     if (io == SNAP_IO_AUTO)
-        io = mode == MODE_HOST ? SNAP_IO_MMAP : SNAP_IO_PREAD; /* measured: see the notes at the top */
+        io = SNAP_IO_MMAP; /* measured: see the notes at the top */
     job->io = (int)io;
     if (snap_file_fd(f) < 0)
         return snap_fail(err, SNAP_EARG, "%s: loading needs a file (opened with snap_open)", snap_path(f));
