@@ -36,7 +36,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 BENCH_SRC:= $(wildcard bench/*.c)
 BENCH_BIN:= $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all deps model serve test test-c test-fuzz test-py bench fuzz clean
+.PHONY: all deps model serve test check bench fuzz clean
 all: thaw
 
 thaw: $(BUILD)/thaw
@@ -70,7 +70,7 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libthaw.a
 fuzz:
 	@mkdir -p build-fuzz
 	for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
-	  clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isnapshot -Iengine -Iruntime \
+	  clang -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -D_GNU_SOURCE -Isnapshot -Iengine -Iruntime \
 	    -o build-fuzz/$$n $$f $(LIB_SRC) $(LDLIBS) || exit 1; done
 	@echo "run e.g.: build-fuzz/fuzz_snapshot tests/fuzz/corpus/snapshot"
 
@@ -98,11 +98,18 @@ $(MODEL_GGUF):
 $(MODEL): $(MODEL_GGUF) | thaw
 	./thaw pack $(MODEL_GGUF) -o $@ --name SmolLM2-135M-Instruct
 
-serve: thaw $(MODEL)
+# serve and test work on a fresh machine: dependencies first, then the build and the model
+serve: deps
+	$(MAKE) model
 	./thaw serve -m $(MODEL)
 
 # ---- tests ----------------------------------------------------------------------------------
-test: thaw $(TEST_BIN) $(FUZZ_BIN)
+test: deps
+	$(MAKE) model
+	$(MAKE) check
+
+# the suite alone, on what is already built and fetched
+check: thaw $(TEST_BIN) $(FUZZ_BIN)
 	@sh tests/run.sh $(BUILD)
 
 clean:

@@ -823,13 +823,17 @@ static int read_merges(hf_reader *r, const cJSON *merges, const char *file, size
             /* legacy "a b": tokens never hold a plain space (it is Ġ or ▁) */
             const char *sp = strchr(it->valuestring, ' ');
             if (sp && !strchr(sp + 1, ' ')) {
-                a = it->valuestring, la = (size_t)(sp - a);
-                b = sp + 1, lb = strlen(b);
+                a = it->valuestring;
+                la = (size_t)(sp - a);
+                b = sp + 1;
+                lb = strlen(b);
             }
         } else if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 2 && cJSON_IsString(cJSON_GetArrayItem(it, 0)) &&
                    cJSON_IsString(cJSON_GetArrayItem(it, 1))) {
-            a = cJSON_GetArrayItem(it, 0)->valuestring, la = strlen(a);
-            b = cJSON_GetArrayItem(it, 1)->valuestring, lb = strlen(b);
+            a = cJSON_GetArrayItem(it, 0)->valuestring;
+            la = strlen(a);
+            b = cJSON_GetArrayItem(it, 1)->valuestring;
+            lb = strlen(b);
         }
         if (!a) {
             rc = snap_fail(err, SNAP_EFORMAT, "%s: merge %d is neither \"a b\" nor [\"a\", \"b\"]", file, i);

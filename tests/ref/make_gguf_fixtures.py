@@ -304,6 +304,43 @@ def write_v1(path):
         f.write(b)
 
 
+def write_micro(path):
+    """The smallest complete model (about 3 KB): the fuzzer's best starting point."""
+    rng = np.random.default_rng(7)
+    e, ff = 32, 32
+    wr = gguf.GGUFWriter(path, "llama")
+    wr.add_name("micro")
+    wr.add_context_length(64)
+    wr.add_embedding_length(e)
+    wr.add_block_count(1)
+    wr.add_feed_forward_length(ff)
+    wr.add_head_count(2)
+    wr.add_head_count_kv(1)
+    wr.add_layer_norm_rms_eps(1e-5)
+    wr.add_tokenizer_model("gpt2")
+    wr.add_tokenizer_pre("smollm")
+    wr.add_token_list(["<|endoftext|>", "a", "b", "c", "ab", "abc", "\u0120", "\u0120a"])
+    wr.add_token_types([3, 1, 1, 1, 1, 1, 1, 1])
+    wr.add_token_scores([0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0])
+    wr.add_token_merges(["a b", "ab c", "\u0120 a"])
+    wr.add_eos_token_id(0)
+    wr.add_chat_template("{{ messages }}")
+    shapes = {"token_embd.weight": (8, e), "blk.0.attn_norm.weight": (e,), "blk.0.attn_q.weight": (e, e),
+              "blk.0.attn_k.weight": (16, e), "blk.0.attn_v.weight": (16, e), "blk.0.attn_output.weight": (e, e),
+              "blk.0.ffn_norm.weight": (e,), "blk.0.ffn_gate.weight": (ff, e), "blk.0.ffn_up.weight": (ff, e),
+              "blk.0.ffn_down.weight": (e, ff), "output_norm.weight": (e,)}
+    for name, shape in shapes.items():
+        a = rng.normal(0, 0.1, shape).astype(np.float32)
+        if len(shape) == 1:
+            wr.add_tensor(name, a)
+        else:
+            wr.add_tensor(name, gguf.quants.quantize(a, T.Q4_0), raw_dtype=T.Q4_0)
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+
+
 def main():
     os.makedirs(ROOT, exist_ok=True)
     os.makedirs(CORPUS, exist_ok=True)
@@ -312,7 +349,7 @@ def main():
     write_model("llama-f16", "llama", T.F16, tok="spm", template=LLAMA2_TEMPLATE, refs=common)
     write_model("llama-bf16", "llama", T.BF16, pre="llama-bpe", alignment=64, rope_linear=2.0, refs=common)
     write_model("llama-q8_0", "llama", T.Q8_0, tied=False, eot=0, sampling=True,
-                refs=common + ("output.weight",))
+                refs=common + ("blk.0.attn_q.weight",))
     write_model("llama-q4_0", "llama", T.Q4_0, pre=None, rope_freqs=True, refs=common + ("rope_freqs.weight",))
     write_model("llama-q4_1", "llama", T.Q4_1, refs=common + ("token_embd.weight",))
     write_model("llama-q4_k", "llama", T.Q8_0, n_ff=256, k_type=T.Q4_K, refs=common)
@@ -333,6 +370,10 @@ def main():
         with open(p, "rb") as f:
             seeds[stem] = f.read()
         os.remove(p)
+    write_micro(os.path.join(seed_tmp, "micro.gguf"))
+    with open(os.path.join(seed_tmp, "micro.gguf"), "rb") as f:
+        seeds["seed-micro"] = f.read()
+    os.remove(os.path.join(seed_tmp, "micro.gguf"))
     os.rmdir(seed_tmp)
     small = seeds["seed-q4_0"]
     seeds["seed-truncated-kv"] = small[:600]
