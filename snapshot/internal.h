@@ -42,7 +42,8 @@ typedef struct snap_src_model {
     snap_config config;
     snap_vocab vocab;              /* arrays owned by the reader (see owned) */
     snap_gen_defaults gen;
-    char *chat_template;           /* malloc'd, NUL-terminated, or NULL */
+    char *chat_template;           /* malloc'd, NUL-terminated, or NULL; freed by snap_src_free
+                                    * directly (do not also register it with snap_src_own) */
     snap_src_tensor *tensors;      /* malloc'd [n_tensors] */
     size_t n_tensors;
     /* owned memory and mappings, released by snap_src_free */

@@ -18,6 +18,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define QK_K 256 /* elements per K-quant super-block */
@@ -172,9 +173,13 @@ static void st16(uint8_t *p, uint16_t v)
 
 static void dq_f32(const uint8_t *s, float *y, uint64_t n)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    memcpy(y, s, n * 4); /* the file's byte order is ours */
+#else
     for (uint64_t i = 0; i < n; i++, s += 4)
         y[i] = bits_f32((uint32_t)s[0] | (uint32_t)s[1] << 8 | (uint32_t)s[2] << 16 |
                         (uint32_t)s[3] << 24);
+#endif
 }
 
 static void dq_f16(const uint8_t *s, float *y, uint64_t n)
@@ -380,4 +385,50 @@ void snap_dequant_q8_row(const uint8_t *src, float *dst, uint64_t n)
 {
     SNAP_ASSERT(n % SNAP_QBLOCK == 0);
     dq_q8_0(src, dst, n);
+}
+
+void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t row, float *out)
+{
+    uint64_t cols = t->shape[t->n_dims - 1], rows = t->size / snap_tensor_bytes(t->dtype, 1, &cols);
+    const uint8_t *base = image + t->offset;
+    uint64_t nb = cols / SNAP_QBLOCK;
+    switch (t->dtype) {
+    case SNAP_F32: memcpy(out, base + row * cols * 4, cols * 4); return;
+    case SNAP_F16:
+    case SNAP_BF16:
+        for (uint64_t i = 0; i < cols; i++) {
+            uint16_t h;
+            memcpy(&h, base + (row * cols + i) * 2, 2);
+            out[i] = t->dtype == SNAP_F16 ? snap_f16_to_f32(h) : snap_bf16_to_f32(h);
+        }
+        return;
+    case SNAP_Q4:
+    case SNAP_Q8: {
+        uint32_t bb = t->dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES;
+        if (t->layout == SNAP_LAYOUT_BLOCKS) {
+            if (t->dtype == SNAP_Q4)
+                snap_dequant_q4_row(base + row * nb * bb, out, cols);
+            else
+                snap_dequant_q8_row(base + row * nb * bb, out, cols);
+            return;
+        }
+        /* SPLIT: reassemble each block from the planes, then decode it */
+        uint32_t head = t->dtype == SNAP_Q4 ? 4 : 2, qb = bb - head;
+        uint64_t total = rows * nb;
+        const uint8_t *q = base, *sc = base + total * qb, *mn = sc + total * 2;
+        for (uint64_t b = 0; b < nb; b++) {
+            uint8_t blk[SNAP_Q8_BLOCK_BYTES];
+            uint64_t k = row * nb + b;
+            memcpy(blk, sc + 2 * k, 2);
+            if (t->dtype == SNAP_Q4)
+                memcpy(blk + 2, mn + 2 * k, 2);
+            memcpy(blk + head, q + k * qb, qb);
+            if (t->dtype == SNAP_Q4)
+                snap_dequant_q4_row(blk, out + b * SNAP_QBLOCK, SNAP_QBLOCK);
+            else
+                snap_dequant_q8_row(blk, out + b * SNAP_QBLOCK, SNAP_QBLOCK);
+        }
+        return;
+    }
+    }
 }
