@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lz4.h>
+#include <math.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -217,6 +218,11 @@ static int convert(const snap_src_tensor *s, const snap_tensor *t, uint8_t *dst,
     uint64_t dst_row = t->size / rows;
     for (uint64_t r = 0; r < rows; r++) {
         snap_dequant_row(s->type, s->data + r * src_row_bytes, row, cols);
+        /* f16 scales, minimums and values overflow past 65504: refuse rather than store inf */
+        for (uint64_t i = 0; t->dtype != SNAP_F32 && i < cols; i++)
+            if (!(fabsf(row[i]) <= 65504.0f))
+                return snap_fail(err, SNAP_EFORMAT, "tensor '%s': value %g at row %llu, column %llu cannot be stored as %s",
+                                 s->name, row[i], (unsigned long long)r, (unsigned long long)i, snap_dtype_name(t->dtype));
         uint8_t *o = dst + r * dst_row;
         switch (t->dtype) {
         case SNAP_F32: memcpy(o, row, cols * 4); break;

@@ -570,6 +570,11 @@ static void test_pack_failure_leaves_nothing(void)
     tiny_init(&t, 0);
     CHECK_INT(snap_pack_model(&t.m, "/nonexistent-dir/x.thaw", NULL, &err), SNAP_EIO);
     CHECK_CONTAINS(err.msg, "/nonexistent-dir/x.thaw.tmp");
+    /* a weight beyond f16 range cannot be stored in a 16-bit scaled type */
+    t.data[3][5] = 1e6f;
+    CHECK_INT(snap_pack_model(&t.m, out, NULL, &err), SNAP_EFORMAT);
+    CHECK_CONTAINS(err.msg, "cannot be stored");
+    CHECK(access(out, F_OK) != 0);
     tiny_free(&t);
 }
 
