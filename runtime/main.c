@@ -11,6 +11,7 @@ static const struct {
 } commands[] = {
     {"pack", rt_cmd_pack, "pack SRC -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda]   GGUF / HF folder -> snapshot"},
     {"inspect", rt_cmd_inspect, "inspect FILE [--verify]   print config, tensors and chunk statistics"},
+    {"generate", rt_cmd_generate, "generate -m FILE -p PROMPT [--chat] [-n N] [--temp T] [--seed S]   one completion"},
 };
 
 static void usage(FILE *to)

@@ -10,7 +10,9 @@
 static int pack_usage(void)
 {
     fprintf(stderr, "usage: thaw pack SRC -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
-                    "  SRC: a GGUF file or a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)\n");
+                    "                 [--temperature T] [--top-p P] [--top-k K] [--repeat-penalty R]\n"
+                    "  SRC: a GGUF file or a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)\n"
+                    "  sampling flags record the model's recommended generation defaults in the snapshot\n");
     return 2;
 }
 
@@ -44,6 +46,26 @@ int rt_cmd_pack(int argc, char **argv)
                 fprintf(stderr, "thaw pack: --target must be cpu or cuda, not '%s'\n", v);
                 return 2;
             }
+            i++;
+        } else if ((!strcmp(a, "--temperature") || !strcmp(a, "--top-p") || !strcmp(a, "--top-k") ||
+                    !strcmp(a, "--repeat-penalty")) && v) {
+            char *end;
+            double d = strtod(v, &end);
+            int k = !strcmp(a, "--temperature") ? 0 : !strcmp(a, "--top-p") ? 1 : !strcmp(a, "--top-k") ? 2 : 3;
+            static const double lo[] = {0, 1e-9, 0, 1e-3}, hi[] = {2, 1, 1e9, 10};
+            if (end == v || *end || !(d >= lo[k] && d <= hi[k])) {
+                fprintf(stderr, "thaw pack: %s needs a number in [%g, %g], got '%s'\n", a, lo[k], hi[k], v);
+                return 2;
+            }
+            if (k == 0)
+                o.gen.temperature = (float)d;
+            else if (k == 1)
+                o.gen.top_p = (float)d;
+            else if (k == 2)
+                o.gen.top_k = (int32_t)d;
+            else
+                o.gen.repetition_penalty = (float)d;
+            o.gen_set |= 1u << k;
             i++;
         } else if (!strcmp(a, "--name") && v) {
             o.name = v;

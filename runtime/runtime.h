@@ -7,5 +7,6 @@
 
 int rt_cmd_pack(int argc, char **argv);
 int rt_cmd_inspect(int argc, char **argv);
+int rt_cmd_generate(int argc, char **argv);
 
 #endif

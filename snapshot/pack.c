@@ -400,6 +400,15 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         memset(cfg.name, 0, sizeof cfg.name);
         strncpy(cfg.name, opts->name, sizeof cfg.name - 1);
     }
+    snap_gen_defaults gen = m->gen;
+    if (opts && (opts->gen_set & SNAP_GEN_SET_TEMPERATURE))
+        gen.temperature = opts->gen.temperature;
+    if (opts && (opts->gen_set & SNAP_GEN_SET_TOP_P))
+        gen.top_p = opts->gen.top_p;
+    if (opts && (opts->gen_set & SNAP_GEN_SET_TOP_K))
+        gen.top_k = opts->gen.top_k;
+    if (opts && (opts->gen_set & SNAP_GEN_SET_REPETITION))
+        gen.repetition_penalty = opts->gen.repetition_penalty;
     const char *tmpl = m->chat_template ? m->chat_template : "";
     uint64_t sec_bytes = 4 * SNAP_SECTION_HEAD_BYTES + snap_align_up(SNAP_CONFIG_BYTES, 8) +
                          snap_align_up(vocab_bytes(&m->vocab), 8) + snap_align_up(strlen(tmpl), 8) +
@@ -458,7 +467,7 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
     p = put_section(p, SNAP_SEC_VOCAB, NULL, vocab_bytes(&m->vocab));
     put_vocab(vp, &m->vocab);
     p = put_section(p, SNAP_SEC_CHAT_TEMPLATE, tmpl, strlen(tmpl));
-    p = put_section(p, SNAP_SEC_GEN, &m->gen, SNAP_GEN_BYTES);
+    p = put_section(p, SNAP_SEC_GEN, &gen, SNAP_GEN_BYTES);
     SNAP_ASSERT((uint64_t)(p - meta) == sec_bytes);
     for (size_t i = 0; i < n; i++)
         put_tensor_entry(meta + (tt_off - meta_off) + i * SNAP_TENSOR_ENTRY_BYTES, &plan[i].t);

@@ -282,7 +282,13 @@ typedef struct snap_pack_opts {
     uint32_t chunk_size;    /* 0 = default (4 MiB); must be a multiple of 4096 */
     int progress;           /* 1 = progress line on stderr (the CLI sets it for a TTY) */
     const char *name;       /* display name override, or NULL */
+    /* generation defaults to record instead of the source's (e.g. a model card's
+     * recommended sampling, which GGUF files rarely carry); bits of gen_set say which */
+    snap_gen_defaults gen;
+    uint32_t gen_set;       /* SNAP_GEN_SET_* */
 } snap_pack_opts;
+
+enum { SNAP_GEN_SET_TEMPERATURE = 1, SNAP_GEN_SET_TOP_P = 2, SNAP_GEN_SET_TOP_K = 4, SNAP_GEN_SET_REPETITION = 8 };
 
 /* Pack a GGUF file or a Hugging Face model folder at `src` into a snapshot at `out`.
  * The output is written to `out`.tmp and renamed on success, so a failure leaves no

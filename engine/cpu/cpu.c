@@ -1,0 +1,562 @@
+/* cpu.c -- the CPU backend: the reference forward pass for Llama-family and Qwen2 models,
+ * reading weights in place from the snapshot image.
+ *
+ * Shapes (E = n_embd, H = n_head, K = n_head_kv, D = head_dim, F = n_ff, V = n_vocab,
+ * T = tokens in the batch, B = KV blocks, S = 16 slots per block):
+ *   weights: token_embd [V, E]; per layer attn_q [H*D, E], attn_k/v [K*D, E], attn_output
+ *            [E, H*D], ffn_gate/up [F, E], ffn_down [E, F]; norms [E]; output [V, E] or tied.
+ *            All live in the image (host mapping of the snapshot), never copied.
+ *   KV pool: k_cache, v_cache: f32 [n_layer][B][K][S][D] (host, allocated once).
+ *   scratch (host, sized once for max_batch_tokens): x, xb [T][E]; q, att [T][H*D];
+ *            k, v [T][K*D]; g, u [T][F]; sx (block sums) [max(E, H*D, F)/32]; rowbuf
+ *            [threads][max(E, H*D, F)]; rope cos/sin [T][D]; scores [threads][max_ctx].
+ * Decode (T = 1) dequantizes weights in registers against f32 activations; prefill (T > 1)
+ * dequantizes each weight row once into rowbuf and reuses it for every token.
+ *
+ * Per layer: xb = rmsnorm(x) * attn_norm; q,k,v = W xb (+ bias); rope(q, k); k,v -> cache;
+ * att = softmax(q k^T / sqrt(D)) v over the sequence's positions 0..pos; x += Wo att;
+ * xb = rmsnorm(x) * ffn_norm; x += Wd (silu(Wg xb) * Wu xb). Then logits for the requested
+ * tokens: (rmsnorm(x) * output_norm) Wout^T.
+ */
+#include "../internal.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <unistd.h>
+
+typedef struct cpu_mat {
+    uint32_t dtype, layout;
+    uint64_t rows, cols;
+    const uint8_t *base;      /* image */
+} cpu_mat;
+
+typedef struct cpu_layer {
+    const float *attn_norm, *ffn_norm;  /* [E] */
+    const float *bq, *bk, *bv;          /* [H*D], [K*D], [K*D] or NULL */
+    cpu_mat wq, wk, wv, wo, wg, wu, wd;
+} cpu_layer;
+
+typedef struct cpu_ctx {
+    snap_config c;
+    snap_image *img;
+    const cpu_kernels *k;
+    eng_pool *pool;
+    cpu_mat embd, output;
+    const float *output_norm;
+    cpu_layer *layers;
+    float *inv_freq;                  /* [D/2] after scaling */
+    uint32_t max_tokens, max_ctx, n_blocks;
+    float *k_cache, *v_cache;
+    /* scratch */
+    float *x, *xb, *q, *kx, *vx, *att, *g, *u, *cs;
+    float *sx;                        /* block sums of a matmul's input (decode, q4) */
+    float *rowbuf;                    /* [threads][widest] a weight row in f32 (prefill) */
+    uint64_t widest;
+    float *scores;                    /* [threads][max_ctx] */
+} cpu_ctx;
+
+/* ---- binding weights ------------------------------------------------------------------- */
+
+static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const float **vec, int required, eng_err *err)
+{
+    const snap_tensor *t = snap_tensor_find(f, name);
+    if (!t) {
+        if (required)
+            return eng_fail(err, ENG_ESNAPSHOT, "%s: missing tensor '%s'", snap_path(f), name);
+        return 0;
+    }
+    if (vec) {
+        if (t->dtype != SNAP_F32 || t->n_dims != 1)
+            return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' must be a 1-D f32 vector, is %s", snap_path(f),
+                            name, snap_dtype_name(t->dtype));
+        *vec = (const float *)(cx->img->data + t->offset);
+        return 0;
+    }
+    if (t->n_dims != 2 || t->dtype == SNAP_BF16)
+        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s matrices are not supported by the CPU backend",
+                        snap_path(f), name, t->n_dims, snap_dtype_name(t->dtype));
+    m->dtype = t->dtype;
+    m->layout = t->layout;
+    m->rows = t->shape[0];
+    m->cols = t->shape[1];
+    m->base = cx->img->data + t->offset;
+    return 0;
+}
+
+static inline cpu_qrow qrow(const cpu_mat *m, uint64_t r)
+{
+    uint64_t nb = m->cols / 32;
+    cpu_qrow q;
+    if (m->dtype == SNAP_Q4) {
+        if (m->layout == SNAP_LAYOUT_BLOCKS) {
+            const uint8_t *s = m->base + r * nb * SNAP_Q4_BLOCK_BYTES;
+            q = (cpu_qrow){s + 4, s, s + 2, SNAP_Q4_BLOCK_BYTES, SNAP_Q4_BLOCK_BYTES};
+        } else {
+            uint64_t total = m->rows * nb;
+            const uint8_t *sc = m->base + total * 16;
+            q = (cpu_qrow){m->base + r * nb * 16, sc + r * nb * 2, sc + total * 2 + r * nb * 2, 16, 2};
+        }
+    } else {
+        if (m->layout == SNAP_LAYOUT_BLOCKS) {
+            const uint8_t *s = m->base + r * nb * SNAP_Q8_BLOCK_BYTES;
+            q = (cpu_qrow){s + 2, s, NULL, SNAP_Q8_BLOCK_BYTES, SNAP_Q8_BLOCK_BYTES};
+        } else {
+            uint64_t total = m->rows * nb;
+            q = (cpu_qrow){m->base + r * nb * 32, m->base + total * 32 + r * nb * 2, NULL, 32, 2};
+        }
+    }
+    return q;
+}
+
+static inline int is_quant(const cpu_mat *m) { return m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8; }
+
+/* Row r of m as f32 into out[cols] (embedding lookup, prefill). */
+static void mat_row_f32(const cpu_kernels *k, const cpu_mat *m, uint64_t r, float *out)
+{
+    if (m->dtype == SNAP_F32) {
+        memcpy(out, m->base + r * m->cols * 4, m->cols * 4);
+    } else if (m->dtype == SNAP_F16) {
+        const uint16_t *h = (const uint16_t *)(m->base + r * m->cols * 2);
+        for (uint64_t i = 0; i < m->cols; i++)
+            out[i] = cpu_f16_to_f32(h[i]);
+    } else {
+        cpu_qrow q = qrow(m, r);
+        if (m->dtype == SNAP_Q4)
+            k->row_q4(&q, out, m->cols / 32);
+        else
+            k->row_q8(&q, out, m->cols / 32);
+    }
+}
+
+/* ---- parallel ops ------------------------------------------------------------------------ */
+
+/* Up to three matrices sharing one input: their rows are treated as one range split over
+ * threads, so q/k/v (and gate/up) run in one parallel region. */
+typedef struct matmul_task {
+    cpu_ctx *cx;
+    uint32_t n_tokens;
+    const float *x;          /* [T][cols] input */
+    uint32_t n_mats;
+    const cpu_mat *mats[3];
+    float *out[3];           /* [T][rows] */
+    const float *bias[3];
+} matmul_task;
+
+static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    matmul_task *t = arg;
+    const cpu_kernels *k = t->cx->k;
+    float *row = t->cx->rowbuf + (uint64_t)ith * t->cx->widest;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < t->n_mats; i++)
+        total += t->mats[i]->rows;
+    uint64_t lo, hi;
+    eng_split(total, ith, nth, &lo, &hi);
+    uint64_t base = 0;
+    for (uint32_t i = 0; i < t->n_mats && base < hi; base += t->mats[i]->rows, i++) {
+        const cpu_mat *m = t->mats[i];
+        uint64_t a = lo > base ? lo - base : 0, b = hi - base < m->rows ? hi - base : m->rows;
+        uint64_t cols = m->cols, nb = cols / 32;
+        for (uint64_t r = a; r < b; r++) {
+            float bias = t->bias[i] ? t->bias[i][r] : 0.0f, v;
+            if (t->n_tokens == 1) {
+                if (m->dtype == SNAP_Q4) {
+                    cpu_qrow q = qrow(m, r);
+                    v = k->dot_q4(&q, t->x, t->cx->sx, nb);
+                } else if (m->dtype == SNAP_Q8) {
+                    cpu_qrow q = qrow(m, r);
+                    v = k->dot_q8(&q, t->x, nb);
+                } else if (m->dtype == SNAP_F16) {
+                    v = k->dot_f16((const uint16_t *)(m->base + r * cols * 2), t->x, cols);
+                } else {
+                    v = k->dot_f32((const float *)(m->base + r * cols * 4), t->x, cols);
+                }
+                t->out[i][r] = v + bias;
+                continue;
+            }
+            mat_row_f32(k, m, r, row);
+            for (uint32_t tok = 0; tok < t->n_tokens; tok++)
+                t->out[i][(uint64_t)tok * m->rows + r] = k->dot_f32(row, t->x + (uint64_t)tok * cols, cols) + bias;
+        }
+    }
+}
+
+/* Runs matmuls that share input x [T][cols] in one parallel region. */
+static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, const cpu_mat *const *mats,
+                   float *const *outs, const float *const *biases)
+{
+    matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .n_mats = n};
+    int need_sums = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        t.mats[i] = mats[i];
+        t.out[i] = outs[i];
+        t.bias[i] = biases ? biases[i] : NULL;
+        need_sums |= mats[i]->dtype == SNAP_Q4;
+    }
+    if (n_tokens == 1 && need_sums)
+        cx->k->block_sums(x, cx->sx, mats[0]->cols / 32);
+    eng_pool_run(cx->pool, matmul_run, &t);
+}
+
+static void rmsnorm(float *out, const float *x, const float *w, uint64_t n, float eps)
+{
+    double ss = 0; /* double: the sum of squares of thousands of activations */
+    for (uint64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
+    for (uint64_t i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
+/* Rotates one head vector in place by the token's angles (cs: cos[D/2] then sin[D/2]). */
+static void rope_head(float *v, const float *cs, uint32_t d, uint32_t style)
+{
+    const float *cosv = cs, *sinv = cs + d / 2;
+    for (uint32_t i = 0; i < d / 2; i++) {
+        uint32_t a = style == SNAP_ROPE_NEOX ? i : 2 * i, b = style == SNAP_ROPE_NEOX ? i + d / 2 : 2 * i + 1;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * cosv[i] - x1 * sinv[i];
+        v[b] = x0 * sinv[i] + x1 * cosv[i];
+    }
+}
+
+typedef struct attn_task {
+    cpu_ctx *cx;
+    const eng_batch *b;
+    uint32_t layer;
+} attn_task;
+
+static inline float *kv_at(const cpu_ctx *cx, float *cache, uint32_t layer, int32_t block, uint32_t kvh, uint32_t slot)
+{
+    const snap_config *c = &cx->c;
+    return cache + ((((uint64_t)layer * cx->n_blocks + (uint64_t)block) * c->n_head_kv + kvh) * ENG_BLOCK_TOKENS + slot) *
+                       c->head_dim;
+}
+
+static void attn_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    attn_task *t = arg;
+    cpu_ctx *cx = t->cx;
+    const snap_config *c = &cx->c;
+    const eng_batch *b = t->b;
+    uint32_t D = c->head_dim, H = c->n_head, group = c->n_head / c->n_head_kv;
+    float scale = 1.0f / sqrtf((float)D);
+    float *scores = cx->scores + (uint64_t)ith * cx->max_ctx;
+    uint64_t lo, hi;
+    eng_split((uint64_t)b->n_tokens * H, ith, nth, &lo, &hi);
+    for (uint64_t w = lo; w < hi; w++) {
+        uint32_t tok = (uint32_t)(w / H), h = (uint32_t)(w % H), kvh = h / group;
+        const eng_batch_seq *s = &b->seqs[b->seq[tok]];
+        int32_t p = b->pos[tok];
+        const float *q = cx->q + (uint64_t)tok * H * D + (uint64_t)h * D;
+        float mx = -INFINITY;
+        for (int32_t j = 0; j <= p; j++) {
+            const float *kj = kv_at(cx, cx->k_cache, t->layer, s->blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS);
+            scores[j] = cx->k->dot_f32(q, kj, D) * scale;
+            if (scores[j] > mx)
+                mx = scores[j];
+        }
+        float sum = 0;
+        for (int32_t j = 0; j <= p; j++) {
+            scores[j] = expf(scores[j] - mx);
+            sum += scores[j];
+        }
+        float *out = cx->att + (uint64_t)tok * H * D + (uint64_t)h * D;
+        memset(out, 0, D * sizeof *out);
+        float inv = 1.0f / sum;
+        for (int32_t j = 0; j <= p; j++) {
+            const float *vj = kv_at(cx, cx->v_cache, t->layer, s->blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS);
+            cx->k->axpy(scores[j] * inv, vj, out, D);
+        }
+    }
+}
+
+/* Per-token work that is cheap and sequential per token: norms, rope, cache writes. */
+typedef struct token_task {
+    cpu_ctx *cx;
+    const eng_batch *b;
+    uint32_t layer;
+    int what; /* 0: attn rmsnorm, 1: rope + cache store, 2: ffn rmsnorm, 3: swiglu */
+} token_task;
+
+static void token_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    token_task *t = arg;
+    cpu_ctx *cx = t->cx;
+    const snap_config *c = &cx->c;
+    const cpu_layer *L = &cx->layers[t->layer];
+    uint32_t E = c->n_embd, D = c->head_dim, H = c->n_head, K = c->n_head_kv;
+    uint64_t lo, hi;
+    eng_split(t->b->n_tokens, ith, nth, &lo, &hi);
+    for (uint64_t tok = lo; tok < hi; tok++) {
+        switch (t->what) {
+        case 0: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->attn_norm, E, c->rms_eps); break;
+        case 1: {
+            const float *cs = cx->cs + tok * D;
+            for (uint32_t h = 0; h < H; h++)
+                rope_head(cx->q + (tok * H + h) * D, cs, D, c->rope_style);
+            const eng_batch_seq *s = &t->b->seqs[t->b->seq[tok]];
+            int32_t p = t->b->pos[tok];
+            for (uint32_t h = 0; h < K; h++) {
+                float *kv = cx->kx + (tok * K + h) * D;
+                rope_head(kv, cs, D, c->rope_style);
+                memcpy(kv_at(cx, cx->k_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h, (uint32_t)p % ENG_BLOCK_TOKENS),
+                       kv, D * sizeof(float));
+                memcpy(kv_at(cx, cx->v_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h, (uint32_t)p % ENG_BLOCK_TOKENS),
+                       cx->vx + (tok * K + h) * D, D * sizeof(float));
+            }
+            break;
+        }
+        case 2: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->ffn_norm, E, c->rms_eps); break;
+        case 3: {
+            float *g = cx->g + tok * c->n_ff;
+            const float *u = cx->u + tok * c->n_ff;
+            for (uint32_t i = 0; i < c->n_ff; i++)
+                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            break;
+        }
+        }
+    }
+}
+
+static void add_into(float *x, const float *y, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *err)
+{
+    cpu_ctx *cx = ctx;
+    const snap_config *c = &cx->c;
+    uint32_t T = b->n_tokens, E = c->n_embd, D = c->head_dim, H = c->n_head, K = c->n_head_kv;
+    if (T == 0 || T > cx->max_tokens || b->n_out > cx->max_tokens)
+        return eng_fail(err, ENG_EINVAL, "batch of %u tokens (%u outputs) exceeds the backend's %u", T, b->n_out,
+                        cx->max_tokens);
+    for (uint32_t i = 0; i < T; i++) {
+        if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= c->n_vocab)
+            return eng_fail(err, ENG_EINVAL, "token id %d out of range", b->tokens[i]);
+        int32_t p = b->pos[i];
+        if (b->seq[i] >= b->n_seqs || p < 0 || (uint32_t)p >= cx->max_ctx ||
+            (uint32_t)p / ENG_BLOCK_TOKENS >= b->seqs[b->seq[i]].n_blocks)
+            return eng_fail(err, ENG_EINVAL, "token %u: position %d has no KV block", i, p);
+    }
+    /* embeddings and rope angles */
+    for (uint32_t i = 0; i < T; i++) {
+        mat_row_f32(cx->k, &cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
+        float *cs = cx->cs + (uint64_t)i * D;
+        float pos = (float)b->pos[i];
+        if (c->rope_scaling == SNAP_ROPE_SCALING_LINEAR)
+            pos /= c->rope_factor;
+        for (uint32_t j = 0; j < D / 2; j++) {
+            float a = pos * cx->inv_freq[j];
+            cs[j] = cosf(a);
+            cs[D / 2 + j] = sinf(a);
+        }
+    }
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        const cpu_layer *L = &cx->layers[l];
+        token_task tt = {cx, b, l, 0};
+        eng_pool_run(cx->pool, token_run, &tt);
+        const cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {cx->q, cx->kx, cx->vx};
+        const float *qkv_bias[3] = {L->bq, L->bk, L->bv};
+        matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias);
+        tt.what = 1;
+        eng_pool_run(cx->pool, token_run, &tt);
+        attn_task at = {cx, b, l};
+        eng_pool_run(cx->pool, attn_run, &at);
+        const cpu_mat *wo[1] = {&L->wo};
+        float *wo_out[1] = {cx->xb};
+        matmul(cx, T, cx->att, 1, wo, wo_out, NULL);
+        add_into(cx->x, cx->xb, (uint64_t)T * E);
+        tt.what = 2;
+        eng_pool_run(cx->pool, token_run, &tt);
+        const cpu_mat *gu[2] = {&L->wg, &L->wu};
+        float *gu_out[2] = {cx->g, cx->u};
+        matmul(cx, T, cx->xb, 2, gu, gu_out, NULL);
+        tt.what = 3;
+        eng_pool_run(cx->pool, token_run, &tt);
+        const cpu_mat *wd[1] = {&L->wd};
+        float *wd_out[1] = {cx->xb};
+        matmul(cx, T, cx->g, 1, wd, wd_out, NULL);
+        add_into(cx->x, cx->xb, (uint64_t)T * E);
+    }
+    /* logits for the requested tokens: gather, norm, head */
+    for (uint32_t i = 0; i < b->n_out; i++) {
+        uint32_t tok = b->out[i];
+        if (tok >= T)
+            return eng_fail(err, ENG_EINVAL, "output index %u past the batch", tok);
+        rmsnorm(cx->xb + (uint64_t)i * E, cx->x + (uint64_t)tok * E, cx->output_norm, E, c->rms_eps);
+    }
+    (void)K;
+    (void)H;
+    const cpu_mat *head[1] = {&cx->output};
+    float *head_out[1] = {logits};
+    matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL);
+    return 0;
+}
+
+/* ---- create / destroy ------------------------------------------------------------------- */
+
+static void cpu_destroy(void *ctx)
+{
+    cpu_ctx *cx = ctx;
+    if (!cx)
+        return;
+    eng_pool_destroy(cx->pool);
+    snap_image_free(cx->img);
+    free(cx->layers);
+    free(cx->inv_freq);
+    free(cx->k_cache);
+    free(cx->v_cache);
+    free(cx->x);
+    free(cx->xb);
+    free(cx->q);
+    free(cx->kx);
+    free(cx->vx);
+    free(cx->att);
+    free(cx->g);
+    free(cx->u);
+    free(cx->cs);
+    free(cx->sx);
+    free(cx->rowbuf);
+    free(cx->scores);
+    free(cx);
+}
+
+/* RoPE inverse frequencies with the model's scaling (HF's llama3 rule). */
+static void rope_freqs(cpu_ctx *cx, const float *factors)
+{
+    const snap_config *c = &cx->c;
+    uint32_t D = c->head_dim;
+    for (uint32_t i = 0; i < D / 2; i++) {
+        float f = powf(c->rope_theta, -2.0f * (float)i / (float)D);
+        if (factors)
+            f /= factors[i];
+        if (c->rope_scaling == SNAP_ROPE_SCALING_LLAMA3 && !factors) {
+            float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
+            float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / f;
+            if (wl > lo_wl) {
+                f /= c->rope_factor;
+            } else if (wl >= hi_wl) {
+                float smooth = ((float)c->rope_orig_ctx / wl - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0f - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        cx->inv_freq[i] = f;
+    }
+}
+
+static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uint32_t *n_kv_blocks,
+                      snap_load_stats *stats, eng_err *err)
+{
+    *out = NULL;
+    cpu_ctx *cx = calloc(1, sizeof *cx);
+    if (!cx)
+        return eng_fail(err, ENG_ENOMEM, "out of memory");
+    cx->c = *snap_get_config(f);
+    const snap_config *c = &cx->c;
+    cx->k = cpu_kernels_get();
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    uint32_t nt = p->n_threads ? p->n_threads : (uint32_t)(ncpu > 0 ? ncpu : 1);
+    int rc = 0;
+    snap_err serr = {{0}};
+    snap_load_opts lo = {.n_threads = nt, .io = SNAP_IO_AUTO, .verify = 1};
+    if (snap_load_host(f, &lo, &cx->img, stats, &serr) != 0) {
+        rc = eng_fail(err, ENG_ESNAPSHOT, "%s", serr.msg);
+        goto fail;
+    }
+    if ((rc = eng_pool_create(nt, &cx->pool)))
+        goto fail;
+    cx->layers = calloc(c->n_layer, sizeof *cx->layers);
+    cx->inv_freq = calloc(c->head_dim / 2, sizeof *cx->inv_freq);
+    if (!cx->layers || !cx->inv_freq)
+        goto nomem;
+    const float *factors = NULL;
+    if ((rc = bind(cx, f, "token_embd.weight", &cx->embd, NULL, 1, err)) ||
+        (rc = bind(cx, f, "output_norm.weight", NULL, &cx->output_norm, 1, err)) ||
+        (rc = bind(cx, f, "rope_freqs.weight", NULL, &factors, 0, err)))
+        goto fail;
+    if (c->flags & SNAP_FLAG_TIED_EMBED)
+        cx->output = cx->embd;
+    else if ((rc = bind(cx, f, "output.weight", &cx->output, NULL, 1, err)))
+        goto fail;
+    for (uint32_t l = 0; l < c->n_layer; l++) {
+        cpu_layer *L = &cx->layers[l];
+        char n[SNAP_NAME_MAX];
+        int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
+#define BIND_M(suffix, field)                                       \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);                     \
+    if ((rc = bind(cx, f, n, &L->field, NULL, 1, err)))             \
+        goto fail;
+#define BIND_V(suffix, field, req)                                  \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);                     \
+    if ((rc = bind(cx, f, n, NULL, &L->field, req, err)))           \
+        goto fail;
+        BIND_V("attn_norm.weight", attn_norm, 1)
+        BIND_V("ffn_norm.weight", ffn_norm, 1)
+        BIND_V("attn_q.bias", bq, bias)
+        BIND_V("attn_k.bias", bk, bias)
+        BIND_V("attn_v.bias", bv, bias)
+        BIND_M("attn_q.weight", wq)
+        BIND_M("attn_k.weight", wk)
+        BIND_M("attn_v.weight", wv)
+        BIND_M("attn_output.weight", wo)
+        BIND_M("ffn_gate.weight", wg)
+        BIND_M("ffn_up.weight", wu)
+        BIND_M("ffn_down.weight", wd)
+#undef BIND_M
+#undef BIND_V
+    }
+    rope_freqs(cx, factors);
+
+    /* KV pool: the budget, or enough for a full context of 4 sequences by default */
+    uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * sizeof(float);
+    cx->max_ctx = p->max_ctx ? p->max_ctx : c->n_ctx_train;
+    uint64_t budget = p->kv_mem_bytes ? p->kv_mem_bytes : per_block * ((cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS) * 4;
+    uint64_t nb = budget / per_block;
+    if (nb < 1 || nb > (1u << 30)) {
+        rc = eng_fail(err, ENG_EINVAL, "KV budget of %llu bytes holds %llu blocks of %llu bytes",
+                      (unsigned long long)budget, (unsigned long long)nb, (unsigned long long)per_block);
+        goto fail;
+    }
+    cx->n_blocks = (uint32_t)nb;
+    uint64_t half = per_block / 2 * nb / sizeof(float);
+    cx->k_cache = calloc(half, sizeof(float));
+    cx->v_cache = calloc(half, sizeof(float));
+
+    uint32_t T = cx->max_tokens = p->max_batch_tokens ? p->max_batch_tokens : 512;
+    uint64_t E = c->n_embd, QD = (uint64_t)c->n_head * c->head_dim, KD = (uint64_t)c->n_head_kv * c->head_dim;
+    uint64_t widest = E > QD ? E : QD;
+    if (c->n_ff > widest)
+        widest = c->n_ff;
+    cx->x = malloc(T * E * sizeof(float));
+    cx->xb = malloc(T * widest * sizeof(float));
+    cx->q = malloc(T * QD * sizeof(float));
+    cx->kx = malloc(T * KD * sizeof(float));
+    cx->vx = malloc(T * KD * sizeof(float));
+    cx->att = malloc(T * QD * sizeof(float));
+    cx->g = malloc(T * (uint64_t)c->n_ff * sizeof(float));
+    cx->u = malloc(T * (uint64_t)c->n_ff * sizeof(float));
+    cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
+    cx->widest = widest;
+    cx->sx = malloc((widest / 32 + 1) * sizeof(float));
+    cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * widest * sizeof(float));
+    cx->scores = malloc((uint64_t)eng_pool_size(cx->pool) * cx->max_ctx * sizeof(float));
+    if (!cx->k_cache || !cx->v_cache || !cx->x || !cx->xb || !cx->q || !cx->kx || !cx->vx || !cx->att || !cx->g ||
+        !cx->u || !cx->cs || !cx->sx || !cx->rowbuf || !cx->scores)
+        goto nomem;
+    *n_kv_blocks = cx->n_blocks;
+    *out = cx;
+    return 0;
+nomem:
+    rc = eng_fail(err, ENG_ENOMEM, "out of memory sizing the CPU backend");
+fail:
+    cpu_destroy(cx);
+    return rc;
+}
+
+const eng_backend_ops eng_cpu_backend = {"cpu", cpu_create, cpu_forward, cpu_destroy};

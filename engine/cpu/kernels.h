@@ -1,0 +1,56 @@
+/* kernels.h -- CPU compute kernels, internal to engine/cpu/.
+ *
+ * Quantized matrices are read through a "view" of strided pointers so one kernel serves both
+ * snapshot layouts: BLOCKS (d, [m,] quants interleaved per 32-weight block) and SPLIT (planes).
+ *
+ * Activations stay f32: a weight block is dequantized in registers and multiplied with the
+ * f32 activations. Quantizing activations to int8 (llama.cpp's scheme) is faster in
+ * arithmetic but flips close decisions -- on SmolLM2 Q4_1 it turns the exact computation's
+ * "The capital of France is Paris" into another answer -- and decode is bound by reading the
+ * weights, not by this arithmetic (bench/decode). The CPU backend is the reference, so it
+ * computes what the stored weights mean.
+ *
+ * Kernel table: cpu_kernels_get() returns the AVX2/FMA/F16C set when the CPU has it, else
+ * portable C; they differ only in float summation order.
+ */
+#ifndef THAW_ENGINE_CPU_KERNELS_H
+#define THAW_ENGINE_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One row of a quantized matrix: block b's quants at qs + b*q_stride (bytes), its f16 scale
+ * at d + b*dm_stride, Q4's f16 minimum at m + b*dm_stride. */
+typedef struct cpu_qrow {
+    const uint8_t *qs;
+    const uint8_t *d;
+    const uint8_t *m;
+    uint32_t q_stride;
+    uint32_t dm_stride; /* bytes */
+} cpu_qrow;
+
+typedef struct cpu_kernels {
+    const char *name;
+    /* s[b] = sum of x[32b .. 32b+31]: the Q4 minimum's term is m * s[b] */
+    void (*block_sums)(const float *x, float *s, uint64_t nb);
+    /* dot of a Q4 / Q8 row (nb blocks of 32) with f32 x */
+    float (*dot_q4)(const cpu_qrow *w, const float *x, const float *sx, uint64_t nb);
+    float (*dot_q8)(const cpu_qrow *w, const float *x, uint64_t nb);
+    /* a Q4 / Q8 row to f32 (prefill: dequantize once, reuse for every token) */
+    void (*row_q4)(const cpu_qrow *w, float *out, uint64_t nb);
+    void (*row_q8)(const cpu_qrow *w, float *out, uint64_t nb);
+    /* f16 row . f32 vector */
+    float (*dot_f16)(const uint16_t *w, const float *x, uint64_t n);
+    float (*dot_f32)(const float *a, const float *b, uint64_t n);
+    /* y += a * x */
+    void (*axpy)(float a, const float *x, float *y, uint64_t n);
+} cpu_kernels;
+
+const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */
+const cpu_kernels *cpu_kernels_portable(void);  /* always available (tests compare both) */
+const cpu_kernels *cpu_kernels_avx2(void);      /* NULL when the CPU lacks AVX2/FMA/F16C */
+
+float cpu_f16_to_f32(uint16_t h);
+uint16_t cpu_f32_to_f16(float f);
+
+#endif

@@ -1,0 +1,95 @@
+/* internal.h -- shared inside engine/: the backend interface, the batch a forward pass
+ * takes, and the thread pool.
+ *
+ * A backend is a vtable plus a context pointer (ggml style). The CPU backend is the
+ * reference; every other backend must agree with it on the same snapshot.
+ */
+#ifndef THAW_ENGINE_INTERNAL_H
+#define THAW_ENGINE_INTERNAL_H
+
+#include "engine.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ENG_ASSERT(c)                                                                 \
+    do {                                                                              \
+        if (!(c)) {                                                                   \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            abort();                                                                  \
+        }                                                                             \
+    } while (0)
+
+int eng_fail(eng_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Tokens per KV block (DESIGN.md: fixed blocks of 16). */
+#define ENG_BLOCK_TOKENS 16
+
+/* One sequence's view in a batch: its block table (block ids in the backend's KV pool, in
+ * position order: position p lives in blocks[p / 16], slot p % 16). */
+typedef struct eng_batch_seq {
+    const int32_t *blocks;
+    uint32_t n_blocks;
+} eng_batch_seq;
+
+/* A batch: tokens from one or more sequences at arbitrary positions (prefill chunks and
+ * single decode tokens together). A token attends to positions 0..pos of its sequence; the
+ * KV of earlier positions is either already in the cache or written by this same batch
+ * (tokens of one sequence appear in increasing position order).
+ *   tokens[n_tokens], pos[n_tokens], seq[n_tokens]: the token, its position, its sequence
+ *   out[n_out]: indices of tokens whose logits are wanted, in the order logits are written */
+typedef struct eng_batch {
+    uint32_t n_tokens;
+    const int32_t *tokens;
+    const int32_t *pos;
+    const uint32_t *seq;
+    uint32_t n_seqs;
+    const eng_batch_seq *seqs;
+    uint32_t n_out;
+    const uint32_t *out;
+} eng_batch;
+
+/* Sizes a backend is created for. */
+typedef struct eng_backend_params {
+    uint32_t n_threads;        /* CPU threads (0 = online cores) */
+    uint32_t max_batch_tokens; /* most tokens in one forward */
+    uint32_t max_ctx;          /* longest sequence (0 = the model's trained context) */
+    uint64_t kv_mem_bytes;     /* KV pool budget (0 = backend's default) */
+} eng_backend_params;
+
+typedef struct eng_backend_ops {
+    const char *name;
+    /* Create the backend for an opened snapshot, upload its weights and size the KV pool.
+     * Fills *n_kv_blocks with the pool's block count. Per-phase load timings go to stats. */
+    int (*create)(snap_file *f, const eng_backend_params *p, void **ctx, uint32_t *n_kv_blocks,
+                  snap_load_stats *stats, eng_err *err);
+    /* Run one batch; write n_out rows of n_vocab logits. Returns 0 or ENG_E*. */
+    int (*forward)(void *ctx, const eng_batch *b, float *logits, eng_err *err);
+    void (*destroy)(void *ctx);
+} eng_backend_ops;
+
+extern const eng_backend_ops eng_cpu_backend;
+
+/* ---- thread pool: fork/join over n threads, the caller being thread 0 ----------------- */
+typedef struct eng_pool eng_pool;
+typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);
+int eng_pool_create(uint32_t n_threads, eng_pool **out);
+void eng_pool_destroy(eng_pool *p);
+uint32_t eng_pool_size(const eng_pool *p);
+/* Runs fn(arg, i, n) on every thread i in 0..n-1 and returns when all have finished.
+ * Workers spin briefly for the next task (ops in a forward pass follow each other within
+ * microseconds), then sleep on a condition variable: an idle pool has no runnable thread. */
+void eng_pool_run(eng_pool *p, eng_task_fn fn, void *arg);
+
+/* Split [0, n) evenly: the part of thread ith. */
+static inline void eng_split(uint64_t n, uint32_t ith, uint32_t nth, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t per = (n + nth - 1) / nth;
+    *lo = per * ith < n ? per * ith : n;
+    *hi = *lo + per < n ? *lo + per : n;
+}
+
+#endif

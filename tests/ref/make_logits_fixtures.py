@@ -1,0 +1,178 @@
+"""make_logits_fixtures.py -- reference logits and perplexity for the default model from two
+independent implementations reading the same GGUF:
+
+  llama.cpp (llama-cpp-python from PyPI): the engine most GGUF users run. It rounds
+      activations to 8 bits (q8_1/q8_0 blocks) and keeps K/V in f16, so it is close to, not
+      equal to, what the stored weights compute.
+  exact: the weights dequantized by the `gguf` package and the Llama forward pass in NumPy
+      float64, written from the architecture's definition (RMSNorm, adjacent-pair RoPE as
+      GGUF's permuted Q/K need, grouped-query attention, SwiGLU, tied head). This is what the
+      model means; llama.cpp itself agrees with it on ~98 % of top-1 choices.
+
+    python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install llama-cpp-python numpy
+    /tmp/refvenv/bin/python tests/ref/make_logits_fixtures.py   # from the repository root
+
+The full logits of 600 positions over a 49152-token vocabulary would be 118 MB, so for each
+position the fixture keeps the reference's top 32 (id, logit) pairs and its log-sum-exp;
+the C test compares our logits at those ids (largest difference), our argmax with theirs
+(top-1 agreement), and our log-probabilities. Token ids come from llama.cpp's tokenizer and
+are fed to both engines, so the comparison isolates the forward pass.
+
+Files in tests/data/logits/:
+  prompts.bin   per prompt: u32 n, then n x u32 token ids
+  top.bin       llama.cpp, per position (prompts in order): f32 logsumexp, then 32 x (u32 id, f32 logit)
+  exact.bin     the float64 forward, same layout
+  ppl.bin       u32 window, u32 n_windows, then n_windows*window u32 ids (GPL-3 text)
+  ppl.txt       the reference perplexity
+"""
+import os
+import struct
+import sys
+
+import gguf
+import numpy as np
+from gguf.quants import dequantize
+from llama_cpp import Llama
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GGUF = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+OUT = os.path.join(ROOT, "tests", "data", "logits")
+TOP = 32
+WINDOW, N_WINDOWS = 512, 4
+
+CHAT = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+PROMPTS = [
+    CHAT.format("What is the capital of France?"),
+    CHAT.format("Write a haiku about the sea."),
+    CHAT.format("Explain what a hash table is in two sentences."),
+    CHAT.format("How many legs does a spider have?"),
+    CHAT.format("Translate 'good morning' into Spanish and German."),
+    CHAT.format("List three prime numbers greater than 100."),
+    CHAT.format("What is 17 times 23?"),
+    CHAT.format("Give me a short recipe for pancakes."),
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "#include <stdio.h>\n\nint main(void)\n{\n    printf(\"hello, world\\n\");\n",
+    "Once upon a time, in a small village at the foot of the mountains, there lived",
+    "In 1969, Neil Armstrong became the first person to",
+    "The mitochondria is the powerhouse of the",
+    "1, 1, 2, 3, 5, 8, 13, 21, 34,",
+    "Paris is the capital of France. Berlin is the capital of Germany. Rome is the capital of",
+    "SELECT name, email FROM users WHERE",
+    "Water boils at 100 degrees Celsius at sea level, but at higher altitudes",
+    "東京は日本の首都です。",
+    "Les chats sont des animaux domestiques qui",
+    "To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer",
+    "Q: What is the largest planet in our solar system?\nA:",
+    "import numpy as np\nx = np.arange(10)\nprint(x.",
+    CHAT.format("Summarize the plot of Romeo and Juliet in one paragraph."),
+]
+
+
+def exact_forward_factory():
+    r = gguf.GGUFReader(GGUF)
+    W = {}
+    for t in r.tensors:
+        a = dequantize(t.data, t.tensor_type).astype(np.float64)
+        W[t.name] = a.reshape([int(x) for x in reversed(t.shape)]) if len(t.shape) > 1 else a.reshape(-1)
+    f = {k: r.fields[k].contents() for k in ("llama.embedding_length", "llama.attention.head_count",
+                                               "llama.attention.head_count_kv", "llama.block_count",
+                                               "llama.attention.layer_norm_rms_epsilon", "llama.rope.freq_base")}
+    E, H, K, L = (f["llama.embedding_length"], f["llama.attention.head_count"],
+                  f["llama.attention.head_count_kv"], f["llama.block_count"])
+    eps, theta, D = f["llama.attention.layer_norm_rms_epsilon"], f["llama.rope.freq_base"], E // H
+    inv = theta ** (-np.arange(0, D, 2) / D)
+    head = W.get("output.weight", W["token_embd.weight"])
+
+    def rms(x, w):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+    def rope(x, pos):  # GGUF Llama: rotate adjacent pairs (2i, 2i+1)
+        ang = pos[:, None] * inv[None, :]
+        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        out = np.empty_like(x)
+        out[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
+        out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
+        return out
+
+    def forward(ids):
+        T = len(ids)
+        pos = np.arange(T, dtype=np.float64)
+        x = W["token_embd.weight"][ids]
+        mask = np.triu(np.full((T, T), -np.inf), 1)
+        for l in range(L):
+            p = f"blk.{l}."
+            h = rms(x, W[p + "attn_norm.weight"])
+            q = rope((h @ W[p + "attn_q.weight"].T).reshape(T, H, D), pos)
+            k = rope((h @ W[p + "attn_k.weight"].T).reshape(T, K, D), pos)
+            v = (h @ W[p + "attn_v.weight"].T).reshape(T, K, D)
+            out = np.zeros((T, H, D))
+            for hh in range(H):
+                sc = q[:, hh, :] @ k[:, hh // (H // K), :].T / np.sqrt(D) + mask
+                sc = np.exp(sc - sc.max(-1, keepdims=True))
+                sc /= sc.sum(-1, keepdims=True)
+                out[:, hh, :] = sc @ v[:, hh // (H // K), :]
+            x = x + out.reshape(T, -1) @ W[p + "attn_output.weight"].T
+            h = rms(x, W[p + "ffn_norm.weight"])
+            g, u = h @ W[p + "ffn_gate.weight"].T, h @ W[p + "ffn_up.weight"].T
+            x = x + (g / (1 + np.exp(-g)) * u) @ W[p + "ffn_down.weight"].T
+        return rms(x, W["output_norm.weight"]) @ head.T
+
+    return forward
+
+
+def write_top(f, row):
+    m = row.max()
+    lse = m + np.log(np.exp(row - m).sum())
+    top = np.argsort(-row, kind="stable")[:TOP]
+    f.write(struct.pack("<f", lse))
+    for t in top:
+        f.write(struct.pack("<If", int(t), float(row[t])))
+
+
+def main():
+    llm = Llama(model_path=GGUF, n_ctx=2048, logits_all=True, n_threads=2, n_batch=512, verbose=False)
+    os.makedirs(OUT, exist_ok=True)
+    exact = exact_forward_factory()
+    n_pos = 0
+    with open(os.path.join(OUT, "prompts.bin"), "wb") as fp, open(os.path.join(OUT, "top.bin"), "wb") as ft, \
+            open(os.path.join(OUT, "exact.bin"), "wb") as fe:
+        for text in PROMPTS:
+            ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+            llm.reset()
+            llm.eval(ids)
+            scores = np.array(llm.scores[: len(ids)], dtype=np.float64)
+            fp.write(struct.pack("<I", len(ids)) + struct.pack(f"<{len(ids)}I", *ids))
+            for row in scores:
+                write_top(ft, row)
+            for row in exact(ids):
+                write_top(fe, row)
+            n_pos += len(ids)
+    print(f"{len(PROMPTS)} prompts, {n_pos} positions")
+
+    text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()
+    ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+    need = WINDOW * N_WINDOWS
+    assert len(ids) >= need, len(ids)
+    ids = ids[:need]
+    nll, count = 0.0, 0
+    for w in range(N_WINDOWS):
+        chunk = ids[w * WINDOW:(w + 1) * WINDOW]
+        llm.reset()
+        llm.eval(chunk)
+        scores = np.array(llm.scores[:WINDOW], dtype=np.float64)
+        for i in range(WINDOW - 1):
+            row = scores[i]
+            m = row.max()
+            nll += (m + np.log(np.exp(row - m).sum())) - row[chunk[i + 1]]
+            count += 1
+    ppl = float(np.exp(nll / count))
+    with open(os.path.join(OUT, "ppl.bin"), "wb") as f:
+        f.write(struct.pack("<II", WINDOW, N_WINDOWS) + struct.pack(f"<{need}I", *ids))
+    with open(os.path.join(OUT, "ppl.txt"), "w") as f:
+        f.write(f"{ppl:.6f}\n")
+    print(f"perplexity on GPL-3 ({N_WINDOWS} windows of {WINDOW}): {ppl:.4f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
