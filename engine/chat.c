@@ -251,7 +251,7 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
             if (strcmp(override_name, kind_names[k]) == 0)
                 ct->kind = k;
         if (!ct->kind) {
-            set_err(err, "unknown chat template '%.64s'; valid names: chatml, llama3, llama2, mistral",
+            set_err(err, "--chat-template: unknown template '%.64s' (valid: chatml, llama3, llama2, mistral)",
                     override_name);
             return ENG_EINVAL;
         }

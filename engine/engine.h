@@ -21,7 +21,9 @@
     X(ENG_EUNSUPPORTED, -3, "unsupported")                            \
     X(ENG_ETOOLONG, -4, "input longer than the context")              \
     X(ENG_EBACKEND, -5, "backend failure")                            \
-    X(ENG_ESNAPSHOT, -6, "snapshot error")
+    X(ENG_ESNAPSHOT, -6, "snapshot error")                           \
+    X(ENG_EBUSY, -7, "queue full")                                    \
+    X(ENG_ESTOPPED, -8, "engine stopped")
 
 enum eng_status {
 #define ENG_X_ENUM(name, value, text) name = value,
@@ -248,5 +250,95 @@ uint32_t eng_seq_len(const eng_seq *s);
  * row: the last token's only (all = 0) or every appended token's (all = 1, n rows).
  * ENG_ETOOLONG if the sequence would pass n_ctx. */
 int eng_seq_eval(eng_seq *s, const int32_t *ids, uint32_t n, int all, float *logits, eng_err *err);
+
+/* ======================================================================================
+ * The serving engine (engine/scheduler.c, engine/kv.c): one engine thread runs continuous
+ * batching over a paged KV cache with prefix caching; any thread submits requests and reads
+ * their events. Nothing polls: an idle engine thread sleeps on a condition variable, and a
+ * consumer waiting for events sleeps on its request's.
+ * ====================================================================================== */
+typedef struct eng_engine eng_engine;
+
+typedef struct eng_engine_opts {
+    uint32_t max_seqs;         /* sequences decoding at once (--max-seqs), 0 = 16 */
+    uint32_t max_batch_tokens; /* tokens per step, prefill chunks + decodes (--max-batch-tokens), 0 = the model's */
+    uint32_t max_queue;        /* waiting requests beyond which submit fails with ENG_EBUSY (--max-queue), 0 = 64 */
+} eng_engine_opts;
+
+/* Start the engine thread over an open model (which must outlive the engine; the engine is
+ * then the model's only user). */
+int eng_engine_create(eng_model *m, const eng_engine_opts *o, eng_engine **out, eng_err *err);
+/* Stop: every request still queued or running finishes with ENG_FINISH_CANCELLED, the thread
+ * is joined, the memory freed. Requests not yet released stay valid until released. */
+void eng_engine_destroy(eng_engine *e); /* accepts NULL */
+
+typedef struct eng_request_params {
+    const int32_t *prompt;     /* copied at submit */
+    uint32_t n_prompt;
+    uint32_t max_tokens;       /* >= 1; generation also stops at the context's end (finish: length) */
+    eng_sampling sampling;     /* logit_bias is copied */
+    const char *const *stop;   /* stop strings (copied), at most ENG_MAX_STOP */
+    uint32_t n_stop;
+    int ignore_eos;            /* keep going past end-of-generation tokens */
+    int logprobs;              /* report each token's log-probability (eng_event.sample) */
+} eng_request_params;
+
+enum eng_finish {
+    ENG_FINISH_NONE = 0,       /* still running */
+    ENG_FINISH_STOP = 1,       /* a stop token or stop string */
+    ENG_FINISH_LENGTH = 2,     /* max_tokens or the context's end */
+    ENG_FINISH_CANCELLED = 3,  /* eng_request_cancel, or the engine stopped */
+    ENG_FINISH_ERROR = 4,      /* see eng_event.error */
+};
+
+/* One generated token (or the end). Pointers are valid until the next eng_request_next
+ * call on the same request or its release. */
+typedef struct eng_event {
+    int done;                  /* 1: no more tokens; finish and the usage counts are final */
+    int32_t token;             /* done == 0: the token */
+    const char *text;          /* the text this token made safe to emit (may be empty: a
+                                * partial UTF-8 character or a possible stop string is held) */
+    size_t text_len;
+    const eng_sample_result *sample; /* logprob and top-N (n_top per params), or NULL */
+    int finish;                /* enum eng_finish, when done */
+    const char *error;         /* ENG_FINISH_ERROR: why */
+    uint32_t n_prompt;         /* prompt tokens */
+    uint32_t n_cached;         /* prompt tokens served from the prefix cache */
+    uint32_t n_generated;      /* tokens generated so far */
+    double queue_s;            /* submit -> first scheduled */
+    double ttft_s;             /* submit -> first token */
+} eng_event;
+
+typedef struct eng_request eng_request;
+
+/* Queue a request. Returns 0 and *out (release it with eng_request_release), ENG_EBUSY when
+ * the queue is full (HTTP 429), ENG_ETOOLONG when the prompt alone does not fit the context
+ * or the KV pool, ENG_EINVAL for bad parameters (message names the field), ENG_ESTOPPED
+ * after eng_engine_drain. Thread-safe. */
+int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, eng_err *err);
+/* Wait up to timeout_ms (< 0: forever) for the next event. Returns 1 with *ev filled, 0 on
+ * timeout. After the done event it keeps returning it. One consumer thread per request. */
+int eng_request_next(eng_request *r, eng_event *ev, int timeout_ms);
+/* Stop generating (a client went away): the sequence's KV blocks are freed at once by the
+ * engine thread; a done event with ENG_FINISH_CANCELLED follows. Thread-safe, idempotent. */
+void eng_request_cancel(eng_request *r);
+/* The consumer is finished with r (cancels it if still running). Frees it once the engine
+ * thread has let go too. */
+void eng_request_release(eng_request *r); /* accepts NULL */
+
+/* Stop admitting (later submits fail with ENG_ESTOPPED); running and queued requests go on. */
+void eng_engine_drain(eng_engine *e);
+/* Wait until no request is queued or running, or timeout_ms passes. Returns 1 when idle. */
+int eng_engine_wait_idle(eng_engine *e, int timeout_ms);
+
+typedef struct eng_stats {
+    uint32_t queued, running;
+    uint32_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
+    uint64_t prefix_hits, prefix_misses;   /* full prompt blocks found / not found in the cache */
+    uint64_t preemptions;
+    uint64_t prompt_tokens, generated_tokens;
+    uint64_t requests_finished;
+} eng_stats;
+void eng_engine_stats(eng_engine *e, eng_stats *st); /* thread-safe snapshot */
 
 #endif

@@ -73,6 +73,12 @@ typedef struct eng_backend_ops {
 
 extern const eng_backend_ops eng_cpu_backend;
 
+/* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
+int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);
+uint32_t eng_model_max_batch(const eng_model *m);
+/* scheduler.c: the KV manager's invariants (tests) */
+int eng_engine_check(eng_engine *e);
+
 /* ---- thread pool: fork/join over n threads, the caller being thread 0 ----------------- */
 typedef struct eng_pool eng_pool;
 typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);

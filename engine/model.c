@@ -153,6 +153,12 @@ const char *eng_model_name(const eng_model *m) { return m->cfg.name; }
 const char *eng_model_backend(const eng_model *m) { return m->ops->name; }
 uint32_t eng_model_n_ctx(const eng_model *m) { return m->n_ctx; }
 uint32_t eng_model_kv_blocks(const eng_model *m) { return m->n_kv_blocks; }
+uint32_t eng_model_max_batch(const eng_model *m) { return m->max_batch; }
+
+int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err)
+{
+    return m->ops->forward(m->be, b, logits, err);
+}
 
 int eng_model_is_stop_token(const eng_model *m, int32_t id)
 {
