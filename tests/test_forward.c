@@ -177,6 +177,22 @@ static void test_kernels_agree(void)
     v->axpy(0.5f, x, y2, N);
     for (int i = 0; i < N; i++)
         CHECK_NEAR(y[i], y2[i], 1e-6);
+    /* the tiled kernel: 4 rows x 5 tokens (an odd count exercises the tail) */
+    static float w4[4 * N], xs[5 * N], o1[5 * 7], o2[5 * 7];
+    for (int i = 0; i < 4 * N; i++)
+        w4[i] = sinf((float)i * 0.013f);
+    for (int i = 0; i < 5 * N; i++)
+        xs[i] = cosf((float)i * 0.029f);
+    p->dot4xT(w4, xs, 5, o1, 7, N);
+    v->dot4xT(w4, xs, 5, o2, 7, N);
+    for (int t = 0; t < 5; t++)
+        for (int r = 0; r < 4; r++) {
+            double ref = 0;
+            for (int i = 0; i < N; i++)
+                ref += (double)w4[r * N + i] * xs[t * N + i];
+            CHECK_NEAR(o1[t * 7 + r], ref, 1e-3);
+            CHECK_NEAR(o2[t * 7 + r], ref, 1e-3);
+        }
 }
 
 int main(void)

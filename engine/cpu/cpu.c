@@ -9,9 +9,10 @@
  *   KV pool: k_cache, v_cache: f32 [n_layer][B][K][S][D] (host, allocated once).
  *   scratch (host, sized once for max_batch_tokens): x, xb [T][E]; q, att [T][H*D];
  *            k, v [T][K*D]; g, u [T][F]; sx (block sums) [max(E, H*D, F)/32]; rowbuf
- *            [threads][max(E, H*D, F)]; rope cos/sin [T][D]; scores [threads][max_ctx].
+ *            [threads][4][max(E, H*D, F)]; rope cos/sin [T][D]; scores [threads][max_ctx].
  * Decode (T = 1) dequantizes weights in registers against f32 activations; prefill (T > 1)
- * dequantizes each weight row once into rowbuf and reuses it for every token.
+ * dequantizes four weight rows at a time into rowbuf and runs them against every token
+ * in a register-tiled kernel (dot4xT).
  *
  * Per layer: xb = rmsnorm(x) * attn_norm; q,k,v = W xb (+ bias); rope(q, k); k,v -> cache;
  * att = softmax(q k^T / sqrt(D)) v over the sequence's positions 0..pos; x += Wo att;
@@ -146,7 +147,7 @@ static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
 {
     matmul_task *t = arg;
     const cpu_kernels *k = t->cx->k;
-    float *row = t->cx->rowbuf + (uint64_t)ith * t->cx->widest;
+    float *row = t->cx->rowbuf + (uint64_t)ith * 4 * t->cx->widest;
     uint64_t total = 0;
     for (uint32_t i = 0; i < t->n_mats; i++)
         total += t->mats[i]->rows;
@@ -172,6 +173,16 @@ static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
                     v = k->dot_f32((const float *)(m->base + r * cols * 4), t->x, cols);
                 }
                 t->out[i][r] = v + bias;
+                continue;
+            }
+            if (r + 4 <= b) { /* four rows at once through the register-tiled kernel */
+                for (int q = 0; q < 4; q++)
+                    mat_row_f32(k, m, r + q, row + (uint64_t)q * cols);
+                k->dot4xT(row, t->x, t->n_tokens, t->out[i] + r, m->rows, cols);
+                for (int q = 0; q < 4 && t->bias[i]; q++)
+                    for (uint32_t tok = 0; tok < t->n_tokens; tok++)
+                        t->out[i][(uint64_t)tok * m->rows + r + q] += t->bias[i][r + q];
+                r += 3;
                 continue;
             }
             mat_row_f32(k, m, r, row);
@@ -544,7 +555,7 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
     cx->widest = widest;
     cx->sx = malloc((widest / 32 + 1) * sizeof(float));
-    cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * widest * sizeof(float));
+    cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
     cx->scores = malloc((uint64_t)eng_pool_size(cx->pool) * cx->max_ctx * sizeof(float));
     if (!cx->k_cache || !cx->v_cache || !cx->x || !cx->xb || !cx->q || !cx->kx || !cx->vx || !cx->att || !cx->g ||
         !cx->u || !cx->cs || !cx->sx || !cx->rowbuf || !cx->scores)

@@ -142,8 +142,15 @@ static void axpy_c(float a, const float *x, float *y, uint64_t n)
         y[i] += a * x[i];
 }
 
+static void dot4xT_c(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n)
+{
+    for (uint32_t t = 0; t < n_tok; t++)
+        for (int r = 0; r < 4; r++)
+            out[t * out_stride + (uint64_t)r] = dot_f32_c(w + (uint64_t)r * n, x + (uint64_t)t * n, n);
+}
+
 static const cpu_kernels portable = {
-    "portable", block_sums_c, dot_q4_c, dot_q8_c, row_q4_c, row_q8_c, dot_f16_c, dot_f32_c, axpy_c,
+    "portable", block_sums_c, dot_q4_c, dot_q8_c, row_q4_c, row_q8_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c,
 };
 
 const cpu_kernels *cpu_kernels_portable(void) { return &portable; }

@@ -44,6 +44,10 @@ typedef struct cpu_kernels {
     float (*dot_f32)(const float *a, const float *b, uint64_t n);
     /* y += a * x */
     void (*axpy)(float a, const float *x, float *y, uint64_t n);
+    /* Batched rows x tokens: out[t * out_stride + r] = w[r * n ..] . x[t * n ..] for r < 4,
+     * t < n_tok (w: 4 rows, contiguous). Each weight row is reused across tokens in
+     * registers: the prefill / batched-decode inner loop. */
+    void (*dot4xT)(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n);
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */

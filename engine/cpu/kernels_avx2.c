@@ -152,8 +152,43 @@ static void axpy_avx2(float a, const float *x, float *y, uint64_t n)
         y[i] += a * x[i];
 }
 
+/* 4 rows x 2 tokens per pass: 8 accumulators, 6 loads per 8 FMAs (one dot per pair would
+ * need 2 loads per FMA). n is a multiple of 8 for every matrix thaw stores (32-blocks). */
+static void dot4xT_avx2(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n)
+{
+    const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
+    uint32_t t = 0;
+    for (; t + 2 <= n_tok; t += 2) {
+        const float *xa = x + (uint64_t)t * n, *xb = xa + n;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (uint64_t i = 0; i < n; i += 8) {
+            __m256 va = _mm256_loadu_ps(xa + i), vb = _mm256_loadu_ps(xb + i);
+            __m256 r0 = _mm256_loadu_ps(w0 + i), r1 = _mm256_loadu_ps(w1 + i);
+            __m256 r2 = _mm256_loadu_ps(w2 + i), r3 = _mm256_loadu_ps(w3 + i);
+            a0 = _mm256_fmadd_ps(r0, va, a0);
+            a1 = _mm256_fmadd_ps(r1, va, a1);
+            a2 = _mm256_fmadd_ps(r2, va, a2);
+            a3 = _mm256_fmadd_ps(r3, va, a3);
+            b0 = _mm256_fmadd_ps(r0, vb, b0);
+            b1 = _mm256_fmadd_ps(r1, vb, b1);
+            b2 = _mm256_fmadd_ps(r2, vb, b2);
+            b3 = _mm256_fmadd_ps(r3, vb, b3);
+        }
+        float *oa = out + (uint64_t)t * out_stride, *ob = oa + out_stride;
+        oa[0] = hsum(a0), oa[1] = hsum(a1), oa[2] = hsum(a2), oa[3] = hsum(a3);
+        ob[0] = hsum(b0), ob[1] = hsum(b1), ob[2] = hsum(b2), ob[3] = hsum(b3);
+    }
+    for (; t < n_tok; t++) {
+        float *o = out + (uint64_t)t * out_stride;
+        const float *xa = x + (uint64_t)t * n;
+        o[0] = dot_f32_avx2(w0, xa, n), o[1] = dot_f32_avx2(w1, xa, n);
+        o[2] = dot_f32_avx2(w2, xa, n), o[3] = dot_f32_avx2(w3, xa, n);
+    }
+}
+
 static const cpu_kernels avx2 = {
     "avx2", block_sums_avx2, dot_q4_avx2, dot_q8_avx2, row_q4_avx2, row_q8_avx2, dot_f16_avx2, dot_f32_avx2, axpy_avx2,
+    dot4xT_avx2,
 };
 
 const cpu_kernels *cpu_kernels_avx2(void)
