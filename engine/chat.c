@@ -28,18 +28,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine.h"
+#include "internal.h"
 
-static void set_err(eng_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(eng_err *err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
-}
 
 /* ---------------------------------------------------------------------------------------
  * Output: count every byte, copy what fits (the caller sizes its buffer from the count).
@@ -218,7 +208,7 @@ static int chatml_default_system(const char *text, char *out, size_t cap, eng_er
             continue;
         if (unescape(q, (size_t)(e - q), out, cap) != 0) {
             out[0] = 0;
-            set_err(err, "the chat template's default system prompt is longer than %zu bytes", cap - 1);
+            eng_fail(err, ENG_EINVAL, "the chat template's default system prompt is longer than %zu bytes", cap - 1);
             return ENG_EUNSUPPORTED;
         }
         return 0;
@@ -251,7 +241,7 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
             if (strcmp(override_name, kind_names[k]) == 0)
                 ct->kind = k;
         if (!ct->kind) {
-            set_err(err, "--chat-template: unknown template '%.64s' (valid: chatml, llama3, llama2, mistral)",
+            eng_fail(err, ENG_EINVAL, "--chat-template: unknown template '%.64s' (valid: chatml, llama3, llama2, mistral)",
                     override_name);
             return ENG_EINVAL;
         }
@@ -264,7 +254,7 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
     } else if (template_text && strstr(template_text, "[INST]")) {
         ct->kind = ENG_CHAT_MISTRAL;
     } else {
-        set_err(err, "%s; choose one with --chat-template chatml|llama3|llama2|mistral",
+        eng_fail(err, ENG_EINVAL, "%s; choose one with --chat-template chatml|llama3|llama2|mistral",
                 template_text && template_text[0] ? "unrecognised chat template" : "the model has no chat template");
         return ENG_EUNSUPPORTED;
     }
@@ -302,12 +292,12 @@ static const char *content_of(const eng_chat_msg *m) { return m->content ? m->co
 static int check_roles(const eng_chat_template *ct, const eng_chat_msg *msgs, size_t n, eng_err *err)
 {
     if (n == 0 || !msgs) {
-        set_err(err, "empty conversation: at least one message is needed");
+        eng_fail(err, ENG_EINVAL, "empty conversation: at least one message is needed");
         return ENG_EINVAL;
     }
     for (size_t i = 0; i < n; i++) {
         if (role_of(msgs[i].role) < 0) {
-            set_err(err, "message %zu: unknown role '%.32s' (expected system, user or assistant)", i,
+            eng_fail(err, ENG_EINVAL, "message %zu: unknown role '%.32s' (expected system, user or assistant)", i,
                     msgs[i].role ? msgs[i].role : "(null)");
             return ENG_EINVAL;
         }
@@ -318,7 +308,7 @@ static int check_roles(const eng_chat_template *ct, const eng_chat_msg *msgs, si
     for (size_t i = i0; i < n; i++) {
         int want = (i - i0) % 2 == 0 ? ROLE_USER : ROLE_ASSISTANT;
         if (role_of(msgs[i].role) != want) {
-            set_err(err,
+            eng_fail(err, ENG_EINVAL,
                     "message %zu: expected role '%s', got '%s' (%s needs an optional system message, "
                     "then user and assistant alternating, starting with user)",
                     i, want == ROLE_USER ? "user" : "assistant", msgs[i].role, eng_chat_kind_name(ct->kind));
@@ -429,7 +419,7 @@ long eng_chat_render(const eng_chat_template *ct, const eng_chat_msg *msgs, size
     case ENG_CHAT_LLAMA2: render_llama2(ct, msgs, n, &o); break;
     case ENG_CHAT_MISTRAL: render_mistral(ct, msgs, n, &o); break;
     default:
-        set_err(err, "chat template not initialised");
+        eng_fail(err, ENG_EINVAL, "chat template not initialised");
         return ENG_EINVAL;
     }
     if (o.len < o.cap)

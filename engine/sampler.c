@@ -47,7 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "internal.h"
 
 #define SAMPLING_EPS 1e-5f /* temperatures below this are greedy (as vLLM) */
 
@@ -68,16 +68,6 @@ struct eng_sampler {
     cand *cand;                /* [n_vocab] host scratch: candidates (heap, sorted lists) */
 };
 
-static void set_err(eng_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_err(eng_err *err, const char *fmt, ...)
-{
-    if (!err)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
-}
 
 /* ======================================================================================
  * Parameters
@@ -96,51 +86,51 @@ void eng_sampling_defaults(eng_sampling *s)
 int eng_sampling_check(const eng_sampling *s, uint32_t n_vocab, eng_err *err)
 {
     if (!(s->temperature >= 0.0f && s->temperature <= 2.0f)) {
-        set_err(err, "temperature must be between 0 and 2, got %g", (double)s->temperature);
+        eng_fail(err, ENG_EINVAL, "temperature must be between 0 and 2, got %g", (double)s->temperature);
         return ENG_EINVAL;
     }
     if (!(s->top_p > 0.0f && s->top_p <= 1.0f)) {
-        set_err(err, "top_p must be in (0, 1], got %g", (double)s->top_p);
+        eng_fail(err, ENG_EINVAL, "top_p must be in (0, 1], got %g", (double)s->top_p);
         return ENG_EINVAL;
     }
     if (!(s->min_p >= 0.0f && s->min_p <= 1.0f)) {
-        set_err(err, "min_p must be in [0, 1], got %g", (double)s->min_p);
+        eng_fail(err, ENG_EINVAL, "min_p must be in [0, 1], got %g", (double)s->min_p);
         return ENG_EINVAL;
     }
     if (s->top_k < 0) {
-        set_err(err, "top_k must be >= 0 (0 = off), got %d", (int)s->top_k);
+        eng_fail(err, ENG_EINVAL, "top_k must be >= 0 (0 = off), got %d", (int)s->top_k);
         return ENG_EINVAL;
     }
     if (!(s->presence_penalty >= -2.0f && s->presence_penalty <= 2.0f)) {
-        set_err(err, "presence_penalty must be between -2 and 2, got %g", (double)s->presence_penalty);
+        eng_fail(err, ENG_EINVAL, "presence_penalty must be between -2 and 2, got %g", (double)s->presence_penalty);
         return ENG_EINVAL;
     }
     if (!(s->frequency_penalty >= -2.0f && s->frequency_penalty <= 2.0f)) {
-        set_err(err, "frequency_penalty must be between -2 and 2, got %g", (double)s->frequency_penalty);
+        eng_fail(err, ENG_EINVAL, "frequency_penalty must be between -2 and 2, got %g", (double)s->frequency_penalty);
         return ENG_EINVAL;
     }
     if (!(s->repetition_penalty > 0.0f && s->repetition_penalty <= 10.0f)) {
-        set_err(err, "repetition_penalty must be in (0, 10], got %g", (double)s->repetition_penalty);
+        eng_fail(err, ENG_EINVAL, "repetition_penalty must be in (0, 10], got %g", (double)s->repetition_penalty);
         return ENG_EINVAL;
     }
     if (s->n_logit_bias > 0 && !s->logit_bias) {
-        set_err(err, "logit_bias: %u entries but no array", s->n_logit_bias);
+        eng_fail(err, ENG_EINVAL, "logit_bias: %u entries but no array", s->n_logit_bias);
         return ENG_EINVAL;
     }
     for (uint32_t i = 0; i < s->n_logit_bias; i++) {
         const eng_logit_bias *b = &s->logit_bias[i];
         if (b->token < 0 || (uint32_t)b->token >= n_vocab) {
-            set_err(err, "logit_bias: token %d is not in the vocabulary (0..%u)", (int)b->token, n_vocab - 1);
+            eng_fail(err, ENG_EINVAL, "logit_bias: token %d is not in the vocabulary (0..%u)", (int)b->token, n_vocab - 1);
             return ENG_EINVAL;
         }
         if (!(b->bias >= -100.0f && b->bias <= 100.0f)) {
-            set_err(err, "logit_bias: the bias of token %d must be between -100 and 100, got %g", (int)b->token,
+            eng_fail(err, ENG_EINVAL, "logit_bias: the bias of token %d must be between -100 and 100, got %g", (int)b->token,
                     (double)b->bias);
             return ENG_EINVAL;
         }
     }
     if (s->n_logprobs > ENG_MAX_LOGPROBS) {
-        set_err(err, "n_logprobs (top_logprobs) must be at most %d, got %u", ENG_MAX_LOGPROBS, s->n_logprobs);
+        eng_fail(err, ENG_EINVAL, "n_logprobs (top_logprobs) must be at most %d, got %u", ENG_MAX_LOGPROBS, s->n_logprobs);
         return ENG_EINVAL;
     }
     return 0;
@@ -561,21 +551,21 @@ int eng_stop_init(eng_stop *st, const char *const *stops, uint32_t n, eng_err *e
 {
     memset(st, 0, sizeof *st);
     if (n > ENG_MAX_STOP) {
-        set_err(err, "stop: at most %d stop sequences, got %u", ENG_MAX_STOP, n);
+        eng_fail(err, ENG_EINVAL, "stop: at most %d stop sequences, got %u", ENG_MAX_STOP, n);
         return ENG_EINVAL;
     }
     if (n > 0 && !stops) {
-        set_err(err, "stop: %u stop sequences but no array", n);
+        eng_fail(err, ENG_EINVAL, "stop: %u stop sequences but no array", n);
         return ENG_EINVAL;
     }
     for (uint32_t i = 0; i < n; i++) {
         size_t len = stops[i] ? strlen(stops[i]) : 0;
         if (len == 0) {
-            set_err(err, "stop[%u] is empty", i);
+            eng_fail(err, ENG_EINVAL, "stop[%u] is empty", i);
             return ENG_EINVAL;
         }
         if (len >= ENG_STOP_MAX_LEN) {
-            set_err(err, "stop[%u] is %zu bytes long; at most %d", i, len, ENG_STOP_MAX_LEN - 1);
+            eng_fail(err, ENG_EINVAL, "stop[%u] is %zu bytes long; at most %d", i, len, ENG_STOP_MAX_LEN - 1);
             return ENG_EINVAL;
         }
         memcpy(st->stops[i], stops[i], len + 1);

@@ -105,6 +105,20 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* An absolute CLOCK_REALTIME deadline timeout_ms from now, for pthread_cond_timedwait. */
+static struct timespec deadline(int timeout_ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += timeout_ms / 1000;
+    t.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (t.tv_nsec >= 1000000000L) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000L;
+    }
+    return t;
+}
+
 /* ---- request lifetime ------------------------------------------------------------------ */
 
 static void request_free(eng_request *r)
@@ -664,16 +678,7 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
 int eng_request_next(eng_request *r, eng_event *ev, int timeout_ms)
 {
     pthread_mutex_lock(&r->lock);
-    struct timespec until;
-    if (timeout_ms >= 0) {
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
-    }
+    struct timespec until = deadline(timeout_ms >= 0 ? timeout_ms : 0);
     while (r->n_read == r->n_out && r->finish == ENG_FINISH_NONE) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&r->cond, &r->lock);
@@ -749,14 +754,7 @@ void eng_engine_drain(eng_engine *e)
 
 int eng_engine_wait_idle(eng_engine *e, int timeout_ms)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = deadline(timeout_ms);
     pthread_mutex_lock(&e->lock);
     int idle;
     while (!(idle = !e->running && !e->queue_head))

@@ -94,8 +94,6 @@ void snap_quant_q8_row(const float *src, uint8_t *dst, uint64_t n);
 void snap_dequant_q4_row(const uint8_t *src, float *dst, uint64_t n);
 void snap_dequant_q8_row(const uint8_t *src, float *dst, uint64_t n);
 
-float snap_f16_to_f32(uint16_t h);
-uint16_t snap_f32_to_f16(float f);   /* round to nearest even */
 float snap_bf16_to_f32(uint16_t h);
 uint16_t snap_f32_to_bf16(float f);  /* round to nearest even */
 

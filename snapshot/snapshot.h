@@ -206,6 +206,9 @@ const snap_chunk *snap_chunk_at(const snap_file *f, size_t i);
 /* Bytes a tensor of this dtype/shape occupies (0 if the shape is invalid for the dtype). */
 uint64_t snap_tensor_bytes(uint32_t dtype, uint32_t n_dims, const uint64_t *shape);
 const char *snap_dtype_name(uint32_t dtype);
+/* IEEE binary16 <-> binary32 (round to nearest even), as the format stores scales and f16 tensors. */
+float snap_f16_to_f32(uint16_t h);
+uint16_t snap_f32_to_f16(float f);
 /* Row `row` of a 2-D tensor (or the whole of a 1-D one) as floats, out[shape[n_dims-1]],
  * whatever its type and layout; `image` is the loaded image. */
 void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t row, float *out);

@@ -140,7 +140,7 @@ static void test_kernels_agree(void)
     for (int i = 0; i < N; i++) {
         x[i] = sinf((float)i * 0.37f) * 3.0f;
         y[i] = y2[i] = cosf((float)i * 0.11f);
-        h[i] = cpu_f32_to_f16(cosf((float)i * 0.23f));
+        h[i] = snap_f32_to_f16(cosf((float)i * 0.23f));
     }
     snap_quant_q4_row(y, q4, N);
     snap_quant_q8_row(y, q8, N);

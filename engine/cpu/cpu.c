@@ -119,7 +119,7 @@ static void mat_row_f32(const cpu_kernels *k, const cpu_mat *m, uint64_t r, floa
     } else if (m->dtype == SNAP_F16) {
         const uint16_t *h = (const uint16_t *)(m->base + r * m->cols * 2);
         for (uint64_t i = 0; i < m->cols; i++)
-            out[i] = cpu_f16_to_f32(h[i]);
+            out[i] = snap_f16_to_f32(h[i]);
     } else {
         cpu_qrow q = qrow(m, r);
         if (m->dtype == SNAP_Q4)

@@ -1,63 +1,14 @@
 /* kernels.c -- portable CPU kernels and run-time selection of the AVX2 set. */
 #include "kernels.h"
+#include "snapshot.h"
 
 #include <string.h>
-
-float cpu_f16_to_f32(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) {
-                man <<= 1;
-                exp--;
-            }
-            bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-uint16_t cpu_f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000, exp = (x >> 23) & 0xff, man = x & 0x7fffff;
-    if (exp == 0xff)
-        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    int e = (int)exp - 127 + 15;
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7c00);
-    if (e <= 0) {
-        if (e < -10)
-            return (uint16_t)sign;
-        man |= 0x800000;
-        uint32_t shift = (uint32_t)(14 - e);
-        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half & 1)))
-            half++;
-        return (uint16_t)(sign | half);
-    }
-    uint32_t half = sign | ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (half & 1)))
-        half++; /* may carry into the exponent, which is the correct rounding */
-    return (uint16_t)half;
-}
 
 static inline float ld_f16(const uint8_t *p)
 {
     uint16_t h;
     memcpy(&h, p, 2);
-    return cpu_f16_to_f32(h);
+    return snap_f16_to_f32(h);
 }
 
 static void block_sums_c(const float *x, float *s, uint64_t nb)
@@ -124,7 +75,7 @@ static float dot_f16_c(const uint16_t *w, const float *x, uint64_t n)
 {
     float acc = 0;
     for (uint64_t i = 0; i < n; i++)
-        acc += cpu_f16_to_f32(w[i]) * x[i];
+        acc += snap_f16_to_f32(w[i]) * x[i];
     return acc;
 }
 

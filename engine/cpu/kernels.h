@@ -54,7 +54,4 @@ const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */
 const cpu_kernels *cpu_kernels_portable(void);  /* always available (tests compare both) */
 const cpu_kernels *cpu_kernels_avx2(void);      /* NULL when the CPU lacks AVX2/FMA/F16C */
 
-float cpu_f16_to_f32(uint16_t h);
-uint16_t cpu_f32_to_f16(float f);
-
 #endif
