@@ -94,7 +94,7 @@ struct eng_engine {
     int32_t *b_tokens, *b_pos;
     uint32_t *b_seq, *b_out;
     eng_batch_seq *b_seqs;
-    eng_request **b_reqs, **b_out_reqs;
+    eng_request **b_reqs, **b_out_reqs, **b_cand;
     float *logits;                      /* [max_seqs][n_vocab] */
 };
 
@@ -389,13 +389,17 @@ static void step(eng_engine *e)
     if (!e->running)
         return;
 
-    /* plan: decodes first, then prefill chunks, under the token budget */
-    uint32_t n_reqs = 0, budget = e->max_batch;
+    /* plan: decodes first, then prefill chunks, under the token budget. The running list
+     * changes under grow() (preemption moves sequences to the queue), so walk a snapshot of
+     * it and skip whatever this step has preempted. */
+    uint32_t n_cand = 0, n_reqs = 0, budget = e->max_batch;
+    for (eng_request *r = e->running; r; r = r->next)
+        e->b_cand[n_cand++] = r;
     for (int pass = 0; pass < 2; pass++) {
-        for (eng_request *r = e->running, *next; r && budget > 0; r = next) {
-            next = r->next;
+        for (uint32_t c = 0; c < n_cand && budget > 0; c++) {
+            eng_request *r = e->b_cand[c];
             uint32_t pending = r->n_tokens - r->n_computed;
-            if (r->in_batch || (pass == 0) != (pending == 1))
+            if (r->state != RS_RUNNING || r->in_batch || (pass == 0) != (pending == 1))
                 continue;
             uint32_t chunk = pending < budget ? pending : budget;
             if (grow(e, r, r->n_computed + chunk) != 0) {
@@ -540,14 +544,15 @@ int eng_engine_create(eng_model *m, const eng_engine_opts *o, eng_engine **out, 
     e->b_seqs = malloc(e->max_seqs * sizeof *e->b_seqs);
     e->b_reqs = malloc(e->max_seqs * sizeof *e->b_reqs);
     e->b_out_reqs = malloc(e->max_seqs * sizeof *e->b_out_reqs);
+    e->b_cand = malloc(e->max_seqs * sizeof *e->b_cand);
     e->logits = malloc((size_t)e->max_seqs * e->n_vocab * sizeof *e->logits);
     if (rc || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_out || !e->b_seqs || !e->b_reqs || !e->b_out_reqs ||
-        !e->logits || e->max_seqs > 64) {
+        !e->b_cand || !e->logits || e->max_seqs > 64) {
         int code = e->max_seqs > 64 ? ENG_EINVAL : ENG_ENOMEM;
         eng_fail(err, code, code == ENG_EINVAL ? "--max-seqs is at most 64" : "out of memory");
         eng_kv_destroy(e->kv);
         free(e->b_tokens), free(e->b_pos), free(e->b_seq), free(e->b_out), free(e->b_seqs), free(e->b_reqs);
-        free(e->b_out_reqs), free(e->logits), free(e);
+        free(e->b_out_reqs), free(e->b_cand), free(e->logits), free(e);
         return code;
     }
     pthread_mutex_init(&e->lock, NULL);
@@ -576,7 +581,7 @@ void eng_engine_destroy(eng_engine *e)
     pthread_cond_destroy(&e->wake);
     pthread_cond_destroy(&e->idle);
     free(e->b_tokens), free(e->b_pos), free(e->b_seq), free(e->b_out), free(e->b_seqs), free(e->b_reqs);
-    free(e->b_out_reqs), free(e->logits);
+    free(e->b_out_reqs), free(e->b_cand), free(e->logits);
     free(e);
 }
 

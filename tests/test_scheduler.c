@@ -209,7 +209,7 @@ static void test_random_requests_no_leak(void)
     enum { N = 1000 };
     static eng_request *reqs[N];
     int32_t prompt[200];
-    uint32_t n_ok = 0, n_cancelled = 0;
+    uint32_t n_ok = 0, n_cancelled = 0, n_error = 0;
     for (int i = 0; i < N; i++) {
         /* shared prefixes now and then, so the prefix cache is exercised too */
         uint32_t n = 1 + rnd(120);
@@ -233,6 +233,7 @@ static void test_random_requests_no_leak(void)
                     ;
                 n_ok += ev.finish == ENG_FINISH_LENGTH;
                 n_cancelled += ev.finish == ENG_FINISH_CANCELLED;
+                n_error += ev.finish == ENG_FINISH_ERROR;
             }
             eng_request_release(reqs[i - 50]);
             reqs[i - 50] = NULL;
@@ -249,6 +250,7 @@ static void test_random_requests_no_leak(void)
             (unsigned long long)st.prefix_hits, st.kv_blocks_used, st.kv_blocks_cached, st.kv_blocks_free,
             st.kv_blocks_total);
     CHECK_INT(st.requests_finished, N);
+    CHECK_INT(n_error, 0); /* every request fits alone: none may fail */
     CHECK_INT(st.kv_blocks_used, 0);
     CHECK_INT(st.kv_blocks_free + st.kv_blocks_cached, st.kv_blocks_total);
     CHECK(st.preemptions > 0);
