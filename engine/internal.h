@@ -72,6 +72,10 @@ typedef struct eng_backend_ops {
 } eng_backend_ops;
 
 extern const eng_backend_ops eng_cpu_backend;
+#ifdef THAW_CUDA
+extern const eng_backend_ops eng_cuda_backend; /* engine/cuda/, built with make CUDA=1 */
+int eng_cuda_device_count(void);               /* 0 when no driver or no device */
+#endif
 
 /* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
 int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);

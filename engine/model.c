@@ -91,11 +91,23 @@ int eng_model_open(const char *path, const eng_model_opts *opts, eng_model **out
     m->cfg = *snap_get_config(m->f);
     m->gen = *snap_get_gen_defaults(m->f);
     const char *dev = o.device ? o.device : "cpu";
-    if (!strcmp(dev, "cpu") || !strcmp(dev, "auto")) {
+    if (!strcmp(dev, "cpu")) {
         m->ops = &eng_cpu_backend;
+    } else if (!strcmp(dev, "auto")) {
+        /* auto: CUDA when this build has it and a device is present (the CUDA backend's
+         * create fails cleanly with no device, so probe first and fall back to the CPU) */
+        m->ops = &eng_cpu_backend;
+#ifdef THAW_CUDA
+        if (eng_cuda_device_count() > 0)
+            m->ops = &eng_cuda_backend;
+#endif
     } else if (!strcmp(dev, "cuda")) {
+#ifdef THAW_CUDA
+        m->ops = &eng_cuda_backend;
+#else
         rc = eng_fail(err, ENG_EUNSUPPORTED, "--device cuda: this build has no CUDA backend (build with make CUDA=1)");
         goto fail;
+#endif
     } else {
         rc = eng_fail(err, ENG_EINVAL, "unknown device '%s' (cpu, cuda or auto)", dev);
         goto fail;

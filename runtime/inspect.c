@@ -1,4 +1,5 @@
-/* inspect.c -- `thaw inspect FILE [--verify] [--tensors]`: what a snapshot holds. */
+/* inspect.c -- `thaw inspect FILE|URL [--verify] [--tensors]`: what a snapshot holds.
+ * FILE may also be an http(s):// or oss:// source (snapshot/remote.c). */
 #include "runtime.h"
 #include "snapshot.h"
 
@@ -128,25 +129,30 @@ int rt_cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
     int verify = 0, tensors = 1;
+    snap_fetch_opts fo = {.verbose = 1};
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--verify"))
+        if (!strcmp(argv[i], "--oss-endpoint") && i + 1 < argc)
+            fo.oss_endpoint = argv[++i];
+        else if (!strcmp(argv[i], "--cache-dir") && i + 1 < argc)
+            fo.cache_dir = argv[++i];
+        else if (!strcmp(argv[i], "--verify"))
             verify = 1;
         else if (!strcmp(argv[i], "--no-tensors"))
             tensors = 0;
         else if (argv[i][0] != '-' && !path)
             path = argv[i];
         else {
-            fprintf(stderr, "usage: thaw inspect FILE [--verify] [--no-tensors]\n");
+            fprintf(stderr, "usage: thaw inspect FILE|URL [--verify] [--no-tensors] [--oss-endpoint HOST] [--cache-dir DIR]\n");
             return 2;
         }
     }
     if (!path) {
-        fprintf(stderr, "usage: thaw inspect FILE [--verify] [--no-tensors]\n");
+        fprintf(stderr, "usage: thaw inspect FILE|URL [--verify] [--no-tensors] [--oss-endpoint HOST] [--cache-dir DIR]\n");
         return 2;
     }
     snap_err err = {{0}};
     snap_file *f = NULL;
-    int rc = snap_open(path, &f, &err);
+    int rc = snap_open_source(path, &fo, &f, NULL, &err);
     if (rc) {
         fprintf(stderr, "thaw inspect: %s\n", err.msg);
         return 1;

@@ -12,6 +12,7 @@ static const struct {
     {"pack", rt_cmd_pack, "pack SRC -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda]   GGUF / HF folder -> snapshot"},
     {"inspect", rt_cmd_inspect, "inspect FILE [--verify]   print config, tensors and chunk statistics"},
     {"generate", rt_cmd_generate, "generate -m FILE -p PROMPT [--chat] [-n N] [--temp T] [--seed S]   one completion"},
+    {"serve", rt_cmd_serve, "serve [-m FILE] [--port N] [--lazy] [--api-key KEY] ...   OpenAI-compatible HTTP server (--help)"},
 };
 
 static void usage(FILE *to)

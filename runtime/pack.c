@@ -9,16 +9,18 @@
 
 static int pack_usage(void)
 {
-    fprintf(stderr, "usage: thaw pack SRC -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
+    fprintf(stderr, "usage: thaw pack SRC|--synthetic NAME -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
                     "                 [--temperature T] [--top-p P] [--top-k K] [--repeat-penalty R]\n"
                     "  SRC: a GGUF file or a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)\n"
+                    "  --synthetic NAME: random weights with a real model's shapes (smollm2-135m, qwen2.5-0.5b,\n"
+                    "                    qwen2.5-7b, llama-3-8b), for measuring real sizes offline\n"
                     "  sampling flags record the model's recommended generation defaults in the snapshot\n");
     return 2;
 }
 
 int rt_cmd_pack(int argc, char **argv)
 {
-    const char *src = NULL, *out = NULL;
+    const char *src = NULL, *out = NULL, *synth = NULL;
     snap_pack_opts o = {.quant = SNAP_QUANT_Q4, .target = SNAP_TARGET_CPU, .progress = isatty(2)};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -67,6 +69,9 @@ int rt_cmd_pack(int argc, char **argv)
                 o.gen.repetition_penalty = (float)d;
             o.gen_set |= 1u << k;
             i++;
+        } else if (!strcmp(a, "--synthetic") && v) {
+            synth = v;
+            i++;
         } else if (!strcmp(a, "--name") && v) {
             o.name = v;
             i++;
@@ -79,10 +84,10 @@ int rt_cmd_pack(int argc, char **argv)
             src = a;
         }
     }
-    if (!src || !out)
+    if (!!src == !!synth || !out)
         return pack_usage();
     snap_err err = {{0}};
-    int rc = snap_pack(src, out, &o, &err);
+    int rc = synth ? snap_pack_synthetic(synth, out, &o, &err) : snap_pack(src, out, &o, &err);
     if (rc) {
         fprintf(stderr, "thaw pack: %s\n", err.msg[0] ? err.msg : snap_strerror(rc));
         return 1;

@@ -8,5 +8,7 @@
 int rt_cmd_pack(int argc, char **argv);
 int rt_cmd_inspect(int argc, char **argv);
 int rt_cmd_generate(int argc, char **argv);
+/* `thaw serve`: the OpenAI-compatible HTTP server (runtime/server.c; internals in server.h). */
+int rt_cmd_serve(int argc, char **argv);
 
 #endif

@@ -26,6 +26,12 @@ enum snap_src_type {
     SRC_F32, SRC_F16, SRC_BF16, SRC_Q8_0, SRC_Q4_0, SRC_Q4_1, SRC_Q4_K, SRC_Q6_K, SRC_TYPE_COUNT
 };
 
+struct snap_src_tensor;
+/* Generates row `row` of a tensor as floats, out[cols] (synthetic models: weights made on the
+ * fly so that an 8B-shape model packs in bounded memory). */
+typedef void (*snap_src_gen_fn)(const void *ctx, const struct snap_src_tensor *t, uint64_t row, float *out,
+                                uint64_t cols);
+
 typedef struct snap_src_tensor {
     char name[SNAP_NAME_MAX];      /* canonical GGUF-style name */
     uint32_t type;                 /* enum snap_src_type */
@@ -33,6 +39,9 @@ typedef struct snap_src_tensor {
     uint64_t shape[SNAP_MAX_DIMS]; /* outermost first; last dimension contiguous */
     const uint8_t *data;           /* source bytes, inside the reader's mapping */
     uint64_t n_bytes;
+    snap_src_gen_fn gen;           /* when set: rows come from gen(gen_ctx, ...) as f32, and
+                                    * data/n_bytes are unused (type must be SRC_F32) */
+    const void *gen_ctx;
 } snap_src_tensor;
 
 /* A model as read from its source. Everything a reader allocates hangs off `owned`
@@ -72,6 +81,10 @@ int snap_src_validate(const snap_src_model *m, const char *path, snap_err *err);
 int snap_read_gguf(const char *path, snap_src_model *m, snap_err *err);
 int snap_read_gguf_memory(const uint8_t *buf, size_t len, const char *name, snap_src_model *m, snap_err *err);
 int snap_read_hf(const char *dir, snap_src_model *m, snap_err *err);
+
+/* Synthetic models (synth.c): random weights with the exact shapes of a real model.
+ * Fills a zeroed model for `name` (see snap_synthetic_names) or fails with SNAP_EARG. */
+int snap_synth_model(const char *name, snap_src_model *m, snap_err *err);
 
 /* Pack an already-read model (snap_pack = a reader + this). */
 int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_opts *opts, snap_err *err);

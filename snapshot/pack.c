@@ -206,18 +206,21 @@ static int convert(const snap_src_tensor *s, const snap_tensor *t, uint8_t *dst,
     for (uint32_t d = 0; d + 1 < s->n_dims; d++)
         rows *= s->shape[d];
     uint64_t src_row_bytes = snap_src_bytes(s->type, cols);
-    if (src_row_bytes == 0 || src_row_bytes * rows != s->n_bytes)
+    if (!s->gen && (src_row_bytes == 0 || src_row_bytes * rows != s->n_bytes))
         return snap_fail(err, SNAP_EFORMAT, "tensor '%s': %llu source bytes do not hold [%llu x %llu] of %s", s->name,
                          (unsigned long long)s->n_bytes, (unsigned long long)rows, (unsigned long long)cols,
                          snap_src_type_name(s->type));
-    if ((t->dtype == SNAP_Q4 && s->type == SRC_Q4_1) || (t->dtype == SNAP_Q8 && s->type == SRC_Q8_0) ||
-        (t->dtype == SNAP_F32 && s->type == SRC_F32) || (t->dtype == SNAP_F16 && s->type == SRC_F16)) {
+    if (!s->gen && ((t->dtype == SNAP_Q4 && s->type == SRC_Q4_1) || (t->dtype == SNAP_Q8 && s->type == SRC_Q8_0) ||
+                    (t->dtype == SNAP_F32 && s->type == SRC_F32) || (t->dtype == SNAP_F16 && s->type == SRC_F16))) {
         memcpy(dst, s->data, t->size);
         return 0;
     }
     uint64_t dst_row = t->size / rows;
     for (uint64_t r = 0; r < rows; r++) {
-        snap_dequant_row(s->type, s->data + r * src_row_bytes, row, cols);
+        if (s->gen)
+            s->gen(s->gen_ctx, s, r, row, cols);
+        else
+            snap_dequant_row(s->type, s->data + r * src_row_bytes, row, cols);
         /* f16 scales, minimums and values overflow past 65504: refuse rather than store inf */
         for (uint64_t i = 0; t->dtype != SNAP_F32 && i < cols; i++)
             if (!(fabsf(row[i]) <= 65504.0f))

@@ -37,7 +37,8 @@
     X(SNAP_ECHECKSUM, -5, "checksum mismatch")                             \
     X(SNAP_EUNSUPPORTED, -6, "unsupported model or tensor type")           \
     X(SNAP_EARG, -7, "invalid argument")                                   \
-    X(SNAP_ESINK, -8, "consumer failed")
+    X(SNAP_ESINK, -8, "consumer failed")                                  \
+    X(SNAP_ENET, -9, "network or remote source error")
 
 enum snap_status {
 #define SNAP_X_ENUM(name, value, text) name = value,
@@ -297,5 +298,77 @@ enum { SNAP_GEN_SET_TEMPERATURE = 1, SNAP_GEN_SET_TOP_P = 2, SNAP_GEN_SET_TOP_K 
  * The output is written to `out`.tmp and renamed on success, so a failure leaves no
  * partial file. */
 int snap_pack(const char *src, const char *out, const snap_pack_opts *opts, snap_err *err);
+
+/* Pack a synthetic model: random weights (deterministic, seeded by tensor name and row) with
+ * the exact config, tensor names and shapes of a real model, and a byte-level vocabulary of
+ * its size (bytes, then "<tok_N>" fillers, then ChatML control tokens). For measuring real
+ * sizes where the weights cannot be fetched. Weights are generated row by row while packing:
+ * memory stays bounded by the largest tensor's stored bytes. Returns as snap_pack, or
+ * SNAP_EARG for an unknown name. */
+int snap_pack_synthetic(const char *name, const char *out, const snap_pack_opts *opts, snap_err *err);
+/* NULL-terminated list of the synthetic model names ("smollm2-135m", ...). */
+const char *const *snap_synthetic_names(void);
+
+/* ---- remote sources (remote.c) ------------------------------------------------------
+ * A model source is a local path (image layer, OSS/NAS mount), an http(s):// URL or
+ * oss://bucket/key. Remote sources are downloaded with parallel ranged GETs (libcurl), each
+ * range retried from where its connection dropped, into an anonymous in-memory file
+ * (memfd) whose /proc/self/fd path snap_open maps like any file: zero copy on the CPU
+ * backend and no temporary file on disk. With a cache directory the file is written there
+ * instead (atomically, after its checksums verify) and reused next time if it still
+ * verifies; the cache key is the URL, so publish changed snapshots under new names.
+ * Integrity is the snapshot's own: the header, tables and every chunk carry checksums
+ * checked by snap_open / the loads, so a corrupt download never loads.
+ *
+ * oss:// requests are signed (OSS V1: HMAC-SHA1, "Authorization: OSS id:signature") with
+ * ALIBABA_CLOUD_ACCESS_KEY_ID / _SECRET and, when set, ALIBABA_CLOUD_SECURITY_TOKEN (the
+ * FC function role's temporary credentials); without a key id they are anonymous.
+ * THAW_OSS_DEBUG=1 prints each string-to-sign (token redacted) and signature on stderr. */
+
+typedef struct snap_fetch_opts {
+    uint32_t n_conns;          /* parallel connections, 0 = $THAW_FETCH_CONNS, else 8 */
+    uint32_t range_bytes;      /* bytes per ranged GET, 0 = $THAW_FETCH_RANGE_BYTES, else
+                                * 16 MiB; rounded up to 64 KiB */
+    uint32_t max_retries;      /* attempts without progress per range before failing, 0 = 6 */
+    const char *oss_endpoint;  /* "oss-cn-hangzhou-internal.aliyuncs.com" or with a scheme
+                                * ("http://127.0.0.1:9000": IP/localhost hosts use path-style
+                                * URLs); NULL = $THAW_OSS_ENDPOINT, else the FC region's
+                                * internal endpoint from $FC_REGION */
+    const char *cache_dir;     /* NULL = in memory (memfd) */
+    int verbose;               /* 1 = one summary line per download on stderr */
+} snap_fetch_opts;
+
+typedef struct snap_fetch_stats {
+    uint64_t bytes;            /* bytes received into the file */
+    uint32_t n_requests;       /* GETs issued, retries included */
+    uint32_t n_retries;
+    double total_s;
+    int from_cache;            /* 1 = an existing cache file verified and was reused */
+} snap_fetch_stats;
+
+/* Nonzero when `src` names a remote source (http://, https://, oss://). */
+int snap_is_remote(const char *src);
+
+/* Make `src` openable by snap_open: writes a local path into path_out[path_cap].
+ *   local path: copied unchanged; *fd_out = -1.
+ *   remote, no cache_dir: downloaded into a memfd; path_out = "/proc/self/fd/N" and
+ *     *fd_out = N. The caller keeps N open until snap_open (or eng_model_open) has opened
+ *     the path, then closes it (the open file keeps the memory alive).
+ *   remote with cache_dir: path_out = the cache file; *fd_out = -1.
+ * opts may be NULL (defaults); stats may be NULL. Blocking; thread-safe (no shared
+ * state beyond curl's one-time global init). Returns 0, SNAP_ENET (message names the URL,
+ * without its query string, and the HTTP status or transfer error), SNAP_EARG (malformed
+ * source, missing OSS endpoint), SNAP_EIO (memfd/cache file), SNAP_ENOMEM. */
+int snap_fetch(const char *src, const snap_fetch_opts *opts, char *path_out, size_t path_cap, int *fd_out,
+               snap_fetch_stats *stats, snap_err *err);
+
+/* snap_fetch + snap_open: the one call a command needs. The returned file does not depend
+ * on any descriptor the caller must keep. */
+int snap_open_source(const char *src, const snap_fetch_opts *opts, snap_file **out, snap_fetch_stats *stats,
+                     snap_err *err);
+
+/* OSS V1 signature of `string_to_sign` with `secret`: base64(HMAC-SHA1), written to
+ * out[out_cap] (29 bytes suffice). Exposed for tests. Returns 0 or SNAP_EARG. */
+int snap_oss_sign(const char *secret, const char *string_to_sign, char *out, size_t out_cap);
 
 #endif

@@ -1,0 +1,593 @@
+/* cuda.cu -- the CUDA backend: streamed weight load into one device arena, a paged f16 KV
+ * pool, and the forward pass of engine/cpu/cpu.c (the reference) on the device.
+ *
+ * Load (create):
+ *   1. A thread creates the CUDA context, the streams, the weight arena (one cudaMalloc of
+ *      the image size), the pinned staging ring and the cuBLAS handle, while the calling
+ *      thread asks the kernel to read the snapshot ahead (posix_fadvise WILLNEED): the file
+ *      is being read while the context comes up.
+ *   2. snap_load_stream's worker threads read/decompress/verify chunks into the ring
+ *      (ECU_RING buffers of chunk_size, pinned once, reused); each commit issues an async
+ *      H2D copy on one of ECU_COPY_STREAMS streams and records the buffer's event; acquire
+ *      waits for that event before a buffer is refilled (back-pressure).
+ *   3. Tensors are bound to arena offsets; the KV pool takes what is free after weights and
+ *      scratch: min(free x THAW_GPU_MEM_FRACTION (default 0.9) - used, --kv-mem).
+ *   Nothing is compiled, tuned or captured on this path.
+ *
+ * Shapes (E, H, K, D, F, V as in cpu.c; T = tokens in the batch <= max_tokens):
+ *   weights: device arena, the snapshot image as is (SPLIT q4/q8 for --target cuda; BLOCKS
+ *            also read).
+ *   KV pool: k, v: f16 [n_layer][n_blocks][K][16][D] (device).
+ *   scratch (device, sized once): x [T][E]; xb [T][max(E, H*D, F)]; q, att [T][H*D];
+ *            k, v [T][K*D]; g, u [T][F]; logits [T][V]; xh (f16 activations) [T][widest];
+ *            wt (f16 weight tile) [ECU_TILE_ELEMS]; batch metadata (tokens, pos, seq, out,
+ *            block offsets, blocks) in one buffer uploaded per forward from a pinned mirror.
+ * Decode batches of <= 4 tokens use the GEMV kernels; larger batches dequantize weight tiles
+ * to f16 and run cuBLAS GEMMs (tensor cores) with f32 accumulation and output.
+ */
+#include "kernels.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <unistd.h>
+
+#define ECU_RING 4
+#define ECU_COPY_STREAMS 2
+#define ECU_TILE_ELEMS (32ull << 20) /* f16 weight tile: 64 MiB */
+
+typedef struct ecu_layer {
+    const float *attn_norm, *ffn_norm; /* device [E] */
+    const float *bq, *bk, *bv;         /* device or NULL */
+    ecu_mat wq, wk, wv, wo, wg, wu, wd;
+} ecu_layer;
+
+typedef struct ecu_ring_buf {
+    void *host;                        /* pinned [chunk_size] */
+    cudaEvent_t done;                  /* recorded after its H2D copy */
+    int busy;                          /* held by a loader worker between acquire and commit */
+    int copied;                        /* an H2D copy was issued (wait on done before reuse) */
+} ecu_ring_buf;
+
+typedef struct ecu_ctx {
+    snap_config c;
+    int device;
+    cudaStream_t stream;               /* compute */
+    cudaStream_t copy[ECU_COPY_STREAMS];
+    cublasHandle_t blas;
+    uint8_t *d_weights;                /* the image, one allocation */
+    uint64_t image_size;
+    /* staging ring */
+    ecu_ring_buf ring[ECU_RING];
+    uint32_t chunk_size;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int mu_init;
+    uint32_t n_copies;
+    int sink_error;
+    char sink_msg[256];
+    /* model */
+    ecu_mat embd, output;
+    const float *output_norm;
+    ecu_layer *layers;
+    float *d_inv_freq;                 /* [D/2] */
+    uint32_t max_tokens, max_ctx, n_blocks;
+    void *d_kc, *d_vc;                 /* f16 KV pool */
+    uint64_t kv_layer_elems;           /* halves per layer in one of k/v */
+    /* scratch */
+    float *x, *xb, *q, *kx, *vx, *att, *g, *u, *logits;
+    void *xh, *wt;
+    uint64_t widest;
+    uint8_t *d_meta, *h_meta;          /* batch metadata, device and pinned host mirror */
+    uint64_t meta_bytes;
+    uint32_t max_block_entries;
+    /* context-creation thread */
+    pthread_t init_thread;
+    int init_started;
+    int init_rc;
+    char init_msg[256];
+} ecu_ctx;
+
+#define CU_TRY(call, what)                                                                           \
+    do {                                                                                             \
+        cudaError_t e_ = (call);                                                                     \
+        if (e_ != cudaSuccess) {                                                                     \
+            rc = eng_fail(err, e_ == cudaErrorMemoryAllocation ? ENG_ENOMEM : ENG_EBACKEND, "cuda: %s: %s", \
+                          what, cudaGetErrorString(e_));                                             \
+            goto fail;                                                                               \
+        }                                                                                            \
+    } while (0)
+
+/* ---- context creation (own thread) ------------------------------------------------------- */
+
+static void *init_main(void *arg)
+{
+    ecu_ctx *cx = (ecu_ctx *)arg;
+    cudaError_t e;
+    const char *what = "set device";
+    if ((e = cudaSetDevice(cx->device)) != cudaSuccess)
+        goto fail;
+    what = "create context";
+    if ((e = cudaFree(0)) != cudaSuccess)
+        goto fail;
+    what = "create streams";
+    if ((e = cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) != cudaSuccess)
+        goto fail;
+    for (int i = 0; i < ECU_COPY_STREAMS; i++)
+        if ((e = cudaStreamCreateWithFlags(&cx->copy[i], cudaStreamNonBlocking)) != cudaSuccess)
+            goto fail;
+    what = "allocate the weight arena";
+    if ((e = cudaMalloc((void **)&cx->d_weights, cx->image_size)) != cudaSuccess)
+        goto fail;
+    what = "pin staging buffers";
+    for (int i = 0; i < ECU_RING; i++) {
+        if ((e = cudaHostAlloc(&cx->ring[i].host, cx->chunk_size, cudaHostAllocDefault)) != cudaSuccess)
+            goto fail;
+        if ((e = cudaEventCreateWithFlags(&cx->ring[i].done, cudaEventDisableTiming)) != cudaSuccess)
+            goto fail;
+    }
+    if (cublasCreate(&cx->blas) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(cx->init_msg, sizeof cx->init_msg, "cuda: cublasCreate failed");
+        cx->init_rc = ENG_EBACKEND;
+        return NULL;
+    }
+    cublasSetStream(cx->blas, cx->stream);
+    cx->init_rc = 0;
+    return NULL;
+fail:
+    snprintf(cx->init_msg, sizeof cx->init_msg, "cuda: %s: %s", what, cudaGetErrorString(e));
+    cx->init_rc = e == cudaErrorMemoryAllocation ? ENG_ENOMEM : ENG_EBACKEND;
+    return NULL;
+}
+
+/* ---- the load sink ------------------------------------------------------------------------- */
+
+static int sink_acquire(void *ctx, uint32_t index, size_t raw_size, void **buf)
+{
+    ecu_ctx *cx = (ecu_ctx *)ctx;
+    if (raw_size > cx->chunk_size)
+        return -1;
+    pthread_mutex_lock(&cx->mu);
+    int k = -1;
+    while (k < 0) {
+        for (int i = 0; i < ECU_RING && k < 0; i++)
+            if (!cx->ring[i].busy)
+                k = i;
+        if (k < 0)
+            pthread_cond_wait(&cx->cv, &cx->mu);
+    }
+    cx->ring[k].busy = 1;
+    int wait = cx->ring[k].copied;
+    pthread_mutex_unlock(&cx->mu);
+    if (wait && cudaEventSynchronize(cx->ring[k].done) != cudaSuccess)
+        return -1;
+    *buf = cx->ring[k].host;
+    return 0;
+}
+
+static int sink_commit(void *ctx, uint32_t index, uint64_t image_offset, void *buf, size_t raw_size)
+{
+    ecu_ctx *cx = (ecu_ctx *)ctx;
+    int k = 0;
+    while (k < ECU_RING && cx->ring[k].host != buf)
+        k++;
+    if (k == ECU_RING || image_offset + raw_size > cx->image_size)
+        return -1;
+    cudaSetDevice(cx->device);
+    cudaStream_t s = cx->copy[index % ECU_COPY_STREAMS];
+    cudaError_t e = cudaMemcpyAsync(cx->d_weights + image_offset, buf, raw_size, cudaMemcpyHostToDevice, s);
+    if (e == cudaSuccess)
+        e = cudaEventRecord(cx->ring[k].done, s);
+    pthread_mutex_lock(&cx->mu);
+    cx->ring[k].busy = 0;
+    cx->ring[k].copied = 1;
+    if (e != cudaSuccess && !cx->sink_error) {
+        cx->sink_error = 1;
+        snprintf(cx->sink_msg, sizeof cx->sink_msg, "H2D copy of chunk %u: %s", index, cudaGetErrorString(e));
+    }
+    pthread_cond_signal(&cx->cv);
+    pthread_mutex_unlock(&cx->mu);
+    return e == cudaSuccess ? 0 : -1;
+}
+
+static int sink_finish(void *ctx)
+{
+    ecu_ctx *cx = (ecu_ctx *)ctx;
+    for (int i = 0; i < ECU_COPY_STREAMS; i++)
+        if (cudaStreamSynchronize(cx->copy[i]) != cudaSuccess)
+            return -1;
+    return 0;
+}
+
+/* ---- binding --------------------------------------------------------------------------------- */
+
+static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const float **vec, int required, eng_err *err)
+{
+    const snap_tensor *t = snap_tensor_find(f, name);
+    if (!t) {
+        if (required)
+            return eng_fail(err, ENG_ESNAPSHOT, "%s: missing tensor '%s'", snap_path(f), name);
+        return 0;
+    }
+    if (vec) {
+        if (t->dtype != SNAP_F32 || t->n_dims != 1)
+            return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' must be a 1-D f32 vector, is %s", snap_path(f),
+                            name, snap_dtype_name(t->dtype));
+        *vec = (const float *)(cx->d_weights + t->offset);
+        return 0;
+    }
+    if (t->n_dims != 2 || t->dtype == SNAP_BF16 || t->shape[1] % 32)
+        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s [.., %llu] is not supported by the CUDA backend",
+                        snap_path(f), name, t->n_dims, snap_dtype_name(t->dtype), (unsigned long long)t->shape[1]);
+    m->dtype = t->dtype;
+    m->layout = t->layout;
+    m->rows = t->shape[0];
+    m->cols = t->shape[1];
+    m->d_base = cx->d_weights + t->offset;
+    return 0;
+}
+
+/* RoPE inverse frequencies, exactly cpu.c's rope_freqs(). */
+static void rope_freqs(const snap_config *c, const float *factors, float *out)
+{
+    uint32_t D = c->head_dim;
+    for (uint32_t i = 0; i < D / 2; i++) {
+        float f = powf(c->rope_theta, -2.0f * (float)i / (float)D);
+        if (factors)
+            f /= factors[i];
+        if (c->rope_scaling == SNAP_ROPE_SCALING_LLAMA3 && !factors) {
+            float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
+            float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / f;
+            if (wl > lo_wl) {
+                f /= c->rope_factor;
+            } else if (wl >= hi_wl) {
+                float smooth = ((float)c->rope_orig_ctx / wl - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0f - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        out[i] = f;
+    }
+}
+
+/* ---- forward --------------------------------------------------------------------------------- */
+
+/* y [T][rows] = W x [T][cols] (+ bias). */
+static int matmul(ecu_ctx *cx, const ecu_mat *m, const float *x, uint32_t T, float *y, const float *bias, eng_err *err)
+{
+    if (T <= ECU_GEMV_MAX_TOKENS)
+        return ecu_gemv(m, x, m->cols, T, y, m->rows, bias, cx->stream, err);
+    int rc = ecu_to_f16(x, cx->xh, (uint64_t)T * m->cols, cx->stream, err);
+    if (rc)
+        return rc;
+    uint64_t tile = ECU_TILE_ELEMS / m->cols;
+    const float one = 1.0f, zero = 0.0f;
+    for (uint64_t r0 = 0; r0 < m->rows; r0 += tile) {
+        uint64_t n = m->rows - r0 < tile ? m->rows - r0 : tile;
+        if ((rc = ecu_dequant_f16(m, r0, n, cx->wt, cx->stream, err)))
+            return rc;
+        /* column-major view: C [n x T] (ldc rows) = Wt^T [n x cols] * X [cols x T] */
+        cublasStatus_t s = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)m->cols, &one, cx->wt,
+                                        CUDA_R_16F, (int)m->cols, cx->xh, CUDA_R_16F, (int)m->cols, &zero, y + r0,
+                                        CUDA_R_32F, (int)m->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return eng_fail(err, ENG_EBACKEND, "cublasGemmEx [%llu x %llu] x %u tokens failed: %d",
+                            (unsigned long long)n, (unsigned long long)m->cols, T, (int)s);
+    }
+    return bias ? ecu_add_bias(y, bias, m->rows, T, cx->stream, err) : 0;
+}
+
+static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *err)
+{
+    ecu_ctx *cx = (ecu_ctx *)ctx;
+    const snap_config *c = &cx->c;
+    uint32_t T = b->n_tokens, E = c->n_embd;
+    if (T == 0 || T > cx->max_tokens || b->n_out > cx->max_tokens || b->n_seqs > cx->max_tokens)
+        return eng_fail(err, ENG_EINVAL, "batch of %u tokens (%u outputs, %u sequences) exceeds the backend's %u", T,
+                        b->n_out, b->n_seqs, cx->max_tokens);
+    /* validate and pack the batch metadata into the pinned mirror */
+    uint8_t *h = cx->h_meta;
+    int32_t *tok = (int32_t *)h, *pos = tok + cx->max_tokens;
+    uint32_t *seq = (uint32_t *)(pos + cx->max_tokens), *out = seq + cx->max_tokens, *boff = out + cx->max_tokens;
+    int32_t *blocks = (int32_t *)(boff + cx->max_tokens);
+    uint32_t n_entries = 0;
+    for (uint32_t s = 0; s < b->n_seqs; s++) {
+        uint32_t nb = b->seqs[s].n_blocks;
+        if (nb > cx->max_block_entries - n_entries)
+            return eng_fail(err, ENG_EINVAL, "batch block tables exceed %u entries", cx->max_block_entries);
+        boff[s] = n_entries;
+        for (uint32_t i = 0; i < nb; i++) {
+            int32_t id = b->seqs[s].blocks[i];
+            if (id < 0 || (uint32_t)id >= cx->n_blocks)
+                return eng_fail(err, ENG_EINVAL, "sequence %u: KV block id %d out of range", s, id);
+            blocks[n_entries++] = id;
+        }
+    }
+    for (uint32_t i = 0; i < T; i++) {
+        if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= c->n_vocab)
+            return eng_fail(err, ENG_EINVAL, "token id %d out of range", b->tokens[i]);
+        int32_t p = b->pos[i];
+        if (b->seq[i] >= b->n_seqs || p < 0 || (uint32_t)p >= cx->max_ctx ||
+            (uint32_t)p / ENG_BLOCK_TOKENS >= b->seqs[b->seq[i]].n_blocks)
+            return eng_fail(err, ENG_EINVAL, "token %u: position %d has no KV block", i, p);
+        tok[i] = b->tokens[i];
+        pos[i] = p;
+        seq[i] = b->seq[i];
+    }
+    for (uint32_t i = 0; i < b->n_out; i++) {
+        if (b->out[i] >= T)
+            return eng_fail(err, ENG_EINVAL, "output index %u past the batch", b->out[i]);
+        out[i] = b->out[i];
+    }
+    uint64_t used = (uint64_t)((uint8_t *)(blocks + n_entries) - h);
+    int rc = 0;
+    CU_TRY(cudaMemcpyAsync(cx->d_meta, h, used, cudaMemcpyHostToDevice, cx->stream), "upload batch");
+    {
+        uint8_t *d = cx->d_meta;
+        const int32_t *d_tok = (const int32_t *)d, *d_pos = d_tok + cx->max_tokens;
+        const uint32_t *d_seq = (const uint32_t *)(d_pos + cx->max_tokens), *d_out = d_seq + cx->max_tokens;
+        const uint32_t *d_boff = d_out + cx->max_tokens;
+        ecu_kv_batch kb = {d_pos, d_seq, d_boff, (const int32_t *)(d_boff + cx->max_tokens)};
+        ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style,
+                             c->rope_scaling == SNAP_ROPE_SCALING_LINEAR ? 1.0f / c->rope_factor : 1.0f};
+        void *s = cx->stream;
+        if ((rc = ecu_embed(&cx->embd, d_tok, T, cx->x, s, err)))
+            return rc;
+        for (uint32_t l = 0; l < c->n_layer; l++) {
+            const ecu_layer *L = &cx->layers[l];
+            __half *kc = (__half *)cx->d_kc + l * cx->kv_layer_elems, *vc = (__half *)cx->d_vc + l * cx->kv_layer_elems;
+            /* layer 0 norms x; later layers first add the previous FFN output (fused residual) */
+            if ((rc = ecu_rmsnorm(cx->x, l ? cx->xb : NULL, NULL, L->attn_norm, cx->xb, T, E, c->rms_eps, s, err)) ||
+                (rc = matmul(cx, &L->wq, cx->xb, T, cx->q, L->bq, err)) ||
+                (rc = matmul(cx, &L->wk, cx->xb, T, cx->kx, L->bk, err)) ||
+                (rc = matmul(cx, &L->wv, cx->xb, T, cx->vx, L->bv, err)) ||
+                (rc = ecu_rope_store(&as, &kb, T, cx->d_inv_freq, cx->q, cx->kx, cx->vx, kc, vc, s, err)) ||
+                (rc = ecu_attention(&as, &kb, T, cx->q, kc, vc, cx->att, s, err)) ||
+                (rc = matmul(cx, &L->wo, cx->att, T, cx->xb, NULL, err)) ||
+                (rc = ecu_rmsnorm(cx->x, cx->xb, NULL, L->ffn_norm, cx->att, T, E, c->rms_eps, s, err)) ||
+                (rc = matmul(cx, &L->wg, cx->att, T, cx->g, NULL, err)) ||
+                (rc = matmul(cx, &L->wu, cx->att, T, cx->u, NULL, err)) ||
+                (rc = ecu_swiglu(cx->g, cx->u, (uint64_t)T * c->n_ff, s, err)) ||
+                (rc = matmul(cx, &L->wd, cx->g, T, cx->xb, NULL, err)))
+                return rc;
+        }
+        if ((rc = ecu_add(cx->x, cx->xb, (uint64_t)T * E, s, err)) ||
+            (rc = ecu_rmsnorm(cx->x, NULL, d_out, cx->output_norm, cx->att, b->n_out, E, c->rms_eps, s, err)))
+            return rc;
+        if (b->n_out == 0)
+            return 0;
+        if ((rc = matmul(cx, &cx->output, cx->att, b->n_out, cx->logits, NULL, err)))
+            return rc;
+        CU_TRY(cudaMemcpyAsync(logits, cx->logits, (uint64_t)b->n_out * c->n_vocab * sizeof(float),
+                               cudaMemcpyDeviceToHost, cx->stream), "copy logits");
+        CU_TRY(cudaStreamSynchronize(cx->stream), "forward");
+    }
+    return 0;
+fail:
+    return rc;
+}
+
+/* ---- create / destroy ---------------------------------------------------------------------------- */
+
+static void cuda_destroy(void *ctx)
+{
+    ecu_ctx *cx = (ecu_ctx *)ctx;
+    if (!cx)
+        return;
+    if (cx->init_started)
+        pthread_join(cx->init_thread, NULL);
+    if (cx->stream)
+        cudaStreamSynchronize(cx->stream);
+    for (int i = 0; i < ECU_COPY_STREAMS; i++)
+        if (cx->copy[i]) {
+            cudaStreamSynchronize(cx->copy[i]);
+            cudaStreamDestroy(cx->copy[i]);
+        }
+    for (int i = 0; i < ECU_RING; i++) {
+        if (cx->ring[i].done)
+            cudaEventDestroy(cx->ring[i].done);
+        cudaFreeHost(cx->ring[i].host);
+    }
+    if (cx->blas)
+        cublasDestroy(cx->blas);
+    if (cx->stream)
+        cudaStreamDestroy(cx->stream);
+    cudaFree(cx->d_weights);
+    cudaFree(cx->d_inv_freq);
+    cudaFree(cx->d_kc);
+    cudaFree(cx->d_vc);
+    float *bufs[] = {cx->x, cx->xb, cx->q, cx->kx, cx->vx, cx->att, cx->g, cx->u, cx->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        cudaFree(bufs[i]);
+    cudaFree(cx->xh);
+    cudaFree(cx->wt);
+    cudaFree(cx->d_meta);
+    cudaFreeHost(cx->h_meta);
+    if (cx->mu_init) {
+        pthread_mutex_destroy(&cx->mu);
+        pthread_cond_destroy(&cx->cv);
+    }
+    free(cx->layers);
+    free(cx);
+}
+
+static double gpu_mem_fraction(void)
+{
+    const char *v = getenv("THAW_GPU_MEM_FRACTION");
+    double f = v ? atof(v) : 0.9;
+    return f > 0.05 && f <= 1.0 ? f : 0.9;
+}
+
+static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, uint32_t *n_kv_blocks,
+                       snap_load_stats *stats, eng_err *err)
+{
+    *out = NULL;
+    int n_dev = ecu_device_count();
+    if (n_dev <= 0)
+        return eng_fail(err, ENG_EUNSUPPORTED, "cuda: no CUDA device found");
+    ecu_ctx *cx = (ecu_ctx *)calloc(1, sizeof *cx);
+    if (!cx)
+        return eng_fail(err, ENG_ENOMEM, "out of memory");
+    int rc = 0;
+    cx->c = *snap_get_config(f);
+    const snap_config *c = &cx->c;
+    cx->image_size = snap_image_size(f);
+    cx->chunk_size = snap_chunk_size(f);
+    pthread_mutex_init(&cx->mu, NULL);
+    pthread_cond_init(&cx->cv, NULL);
+    cx->mu_init = 1;
+
+    /* 1. context in its own thread while the page cache fills */
+    if (pthread_create(&cx->init_thread, NULL, init_main, cx) != 0) {
+        rc = eng_fail(err, ENG_EBACKEND, "cuda: cannot start the init thread");
+        goto fail;
+    }
+    cx->init_started = 1;
+    {
+        int fd = open(snap_path(f), O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+            close(fd);
+        }
+    }
+    pthread_join(cx->init_thread, NULL);
+    cx->init_started = 0;
+    if (cx->init_rc) {
+        rc = eng_fail(err, cx->init_rc, "%s", cx->init_msg);
+        goto fail;
+    }
+
+    /* 2. stream the image */
+    {
+        snap_sink sink = {cx, sink_acquire, sink_commit, sink_finish};
+        snap_load_opts lo = {p->n_threads, SNAP_IO_AUTO, 1};
+        snap_err serr = {{0}};
+        if (snap_load_stream(f, &sink, &lo, stats, &serr) != 0) {
+            rc = eng_fail(err, ENG_ESNAPSHOT, "%s%s%s", serr.msg, cx->sink_error ? ": " : "", cx->sink_msg);
+            goto fail;
+        }
+    }
+
+    /* 3. bind */
+    cx->layers = (ecu_layer *)calloc(c->n_layer, sizeof *cx->layers);
+    if (!cx->layers)
+        goto nomem;
+    {
+        const float *d_factors = NULL;
+        if ((rc = bind(cx, f, "token_embd.weight", &cx->embd, NULL, 1, err)) ||
+            (rc = bind(cx, f, "output_norm.weight", NULL, &cx->output_norm, 1, err)) ||
+            (rc = bind(cx, f, "rope_freqs.weight", NULL, &d_factors, 0, err)))
+            goto fail;
+        if (c->flags & SNAP_FLAG_TIED_EMBED)
+            cx->output = cx->embd;
+        else if ((rc = bind(cx, f, "output.weight", &cx->output, NULL, 1, err)))
+            goto fail;
+        for (uint32_t l = 0; l < c->n_layer; l++) {
+            ecu_layer *L = &cx->layers[l];
+            char n[SNAP_NAME_MAX];
+            int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
+#define BIND_M(suffix, field)                                  \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);                \
+    if ((rc = bind(cx, f, n, &L->field, NULL, 1, err)))        \
+        goto fail;
+#define BIND_V(suffix, field, req)                             \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);                \
+    if ((rc = bind(cx, f, n, NULL, &L->field, req, err)))      \
+        goto fail;
+            BIND_V("attn_norm.weight", attn_norm, 1)
+            BIND_V("ffn_norm.weight", ffn_norm, 1)
+            BIND_V("attn_q.bias", bq, bias)
+            BIND_V("attn_k.bias", bk, bias)
+            BIND_V("attn_v.bias", bv, bias)
+            BIND_M("attn_q.weight", wq)
+            BIND_M("attn_k.weight", wk)
+            BIND_M("attn_v.weight", wv)
+            BIND_M("attn_output.weight", wo)
+            BIND_M("ffn_gate.weight", wg)
+            BIND_M("ffn_up.weight", wu)
+            BIND_M("ffn_down.weight", wd)
+#undef BIND_M
+#undef BIND_V
+        }
+        uint32_t half = c->head_dim / 2;
+        float *hf = (float *)malloc(2 * half * sizeof(float));
+        if (!hf)
+            goto nomem;
+        if (d_factors && cudaMemcpy(hf + half, d_factors, half * sizeof(float), cudaMemcpyDeviceToHost) != cudaSuccess) {
+            free(hf);
+            rc = eng_fail(err, ENG_EBACKEND, "cuda: reading rope_freqs.weight failed");
+            goto fail;
+        }
+        rope_freqs(c, d_factors ? hf + half : NULL, hf);
+        cudaError_t e = cudaMalloc((void **)&cx->d_inv_freq, half * sizeof(float));
+        if (e == cudaSuccess)
+            e = cudaMemcpy(cx->d_inv_freq, hf, half * sizeof(float), cudaMemcpyHostToDevice);
+        free(hf);
+        CU_TRY(e, "upload rope frequencies");
+    }
+
+    /* 4. scratch */
+    {
+        uint32_t T = cx->max_tokens = p->max_batch_tokens ? p->max_batch_tokens : 512;
+        cx->max_ctx = p->max_ctx ? p->max_ctx : c->n_ctx_train;
+        uint64_t E = c->n_embd, QD = (uint64_t)c->n_head * c->head_dim, KD = (uint64_t)c->n_head_kv * c->head_dim;
+        uint64_t widest = E > QD ? E : QD;
+        if (c->n_ff > widest)
+            widest = c->n_ff;
+        cx->widest = widest;
+        struct { float **p; uint64_t n; } bufs[] = {
+            {&cx->x, T * E}, {&cx->xb, T * widest}, {&cx->q, T * QD}, {&cx->kx, T * KD}, {&cx->vx, T * KD},
+            {&cx->att, T * widest}, {&cx->g, T * (uint64_t)c->n_ff}, {&cx->u, T * (uint64_t)c->n_ff},
+            {&cx->logits, T * (uint64_t)c->n_vocab},
+        };
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            CU_TRY(cudaMalloc((void **)bufs[i].p, bufs[i].n * sizeof(float)), "allocate scratch");
+        CU_TRY(cudaMalloc(&cx->xh, T * widest * 2), "allocate scratch");
+        CU_TRY(cudaMalloc(&cx->wt, ECU_TILE_ELEMS * 2), "allocate the weight tile");
+        cx->max_block_entries = T * ((cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS);
+        cx->meta_bytes = 5ull * T * 4 + (uint64_t)cx->max_block_entries * 4;
+        CU_TRY(cudaMalloc((void **)&cx->d_meta, cx->meta_bytes), "allocate batch metadata");
+        CU_TRY(cudaHostAlloc((void **)&cx->h_meta, cx->meta_bytes, cudaHostAllocDefault), "pin batch metadata");
+    }
+
+    /* 5. KV pool from what is free */
+    {
+        uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * 2; /* f16 */
+        size_t free_b = 0, total_b = 0;
+        CU_TRY(cudaMemGetInfo(&free_b, &total_b), "query memory");
+        double frac = gpu_mem_fraction();
+        uint64_t used = total_b - free_b, allowed = (uint64_t)(frac * (double)total_b);
+        uint64_t budget = allowed > used ? allowed - used : 0;
+        if (p->kv_mem_bytes && p->kv_mem_bytes < budget)
+            budget = p->kv_mem_bytes;
+        uint64_t nb = budget / per_block;
+        if (nb > (1u << 30))
+            nb = 1u << 30;
+        uint64_t need = (cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS;
+        if (nb < need) {
+            rc = eng_fail(err, ENG_ENOMEM,
+                          "cuda: KV budget of %llu bytes (free %llu of %llu, fraction %.2f) holds %llu blocks; one "
+                          "sequence of %u tokens needs %llu",
+                          (unsigned long long)budget, (unsigned long long)free_b, (unsigned long long)total_b, frac,
+                          (unsigned long long)nb, cx->max_ctx, (unsigned long long)need);
+            goto fail;
+        }
+        cx->n_blocks = (uint32_t)nb;
+        cx->kv_layer_elems = nb * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim;
+        CU_TRY(cudaMalloc(&cx->d_kc, cx->kv_layer_elems * c->n_layer * 2), "allocate the KV pool");
+        CU_TRY(cudaMalloc(&cx->d_vc, cx->kv_layer_elems * c->n_layer * 2), "allocate the KV pool");
+    }
+    *n_kv_blocks = cx->n_blocks;
+    *out = cx;
+    return 0;
+nomem:
+    rc = eng_fail(err, ENG_ENOMEM, "out of memory sizing the CUDA backend");
+fail:
+    cuda_destroy(cx);
+    return rc;
+}
+
+extern "C" const eng_backend_ops eng_cuda_backend = {"cuda", cuda_create, cuda_forward, cuda_destroy};
