@@ -80,6 +80,9 @@ int eng_cuda_device_count(void);               /* 0 when no driver or no device 
 /* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
 int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);
 uint32_t eng_model_max_batch(const eng_model *m);
+/* RoPE inverse frequencies [head_dim / 2] with the model's scaling (model.c); factors is the
+ * snapshot's rope_freqs.weight or NULL. Every backend uses this one definition. */
+void eng_rope_inv_freq(const snap_config *c, const float *factors, float *out);
 /* scheduler.c: the KV manager's invariants (tests) */
 int eng_engine_check(eng_engine *e);
 

@@ -2,6 +2,7 @@
  * eng_seq, one sequence evaluated directly (no scheduler). */
 #include "internal.h"
 
+#include <math.h>
 #include <time.h>
 
 struct eng_model {
@@ -181,6 +182,34 @@ int eng_model_is_stop_token(const eng_model *m, int32_t id)
         if (id == m->gen.stop_ids[i])
             return 1;
     return 0;
+}
+
+/* One definition of RoPE's frequencies for every backend: theta^(-2i/D), divided by the
+ * model's rope_freqs factors (GGUF Llama 3) or rescaled by Hugging Face's llama3 rule; linear
+ * scaling (positions / factor) is folded in as frequency / factor. */
+void eng_rope_inv_freq(const snap_config *c, const float *factors, float *out)
+{
+    uint32_t D = c->head_dim;
+    for (uint32_t i = 0; i < D / 2; i++) {
+        float f = powf(c->rope_theta, -2.0f * (float)i / (float)D);
+        if (factors)
+            f /= factors[i];
+        if (c->rope_scaling == SNAP_ROPE_SCALING_LINEAR) {
+            f /= c->rope_factor;
+        } else if (c->rope_scaling == SNAP_ROPE_SCALING_LLAMA3 && !factors) {
+            float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
+            float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
+            float wl = 2.0f * (float)M_PI / f;
+            if (wl > lo_wl) {
+                f /= c->rope_factor;
+            } else if (wl >= hi_wl) {
+                float smooth = ((float)c->rope_orig_ctx / wl - c->rope_low_freq_factor) /
+                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0f - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        out[i] = f;
+    }
 }
 
 /* ---- eng_seq ------------------------------------------------------------------------------ */

@@ -357,8 +357,6 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
         mat_row_f32(cx->k, &cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
         float *cs = cx->cs + (uint64_t)i * D;
         float pos = (float)b->pos[i];
-        if (c->rope_scaling == SNAP_ROPE_SCALING_LINEAR)
-            pos /= c->rope_factor;
         for (uint32_t j = 0; j < D / 2; j++) {
             float a = pos * cx->inv_freq[j];
             cs[j] = cosf(a);
@@ -436,31 +434,6 @@ static void cpu_destroy(void *ctx)
     free(cx);
 }
 
-/* RoPE inverse frequencies with the model's scaling (HF's llama3 rule). */
-static void rope_freqs(cpu_ctx *cx, const float *factors)
-{
-    const snap_config *c = &cx->c;
-    uint32_t D = c->head_dim;
-    for (uint32_t i = 0; i < D / 2; i++) {
-        float f = powf(c->rope_theta, -2.0f * (float)i / (float)D);
-        if (factors)
-            f /= factors[i];
-        if (c->rope_scaling == SNAP_ROPE_SCALING_LLAMA3 && !factors) {
-            float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
-            float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
-            float wl = 2.0f * (float)M_PI / f;
-            if (wl > lo_wl) {
-                f /= c->rope_factor;
-            } else if (wl >= hi_wl) {
-                float smooth = ((float)c->rope_orig_ctx / wl - c->rope_low_freq_factor) /
-                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (1.0f - smooth) * f / c->rope_factor + smooth * f;
-            }
-        }
-        cx->inv_freq[i] = f;
-    }
-}
-
 static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uint32_t *n_kv_blocks,
                       snap_load_stats *stats, eng_err *err)
 {
@@ -522,7 +495,7 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
 #undef BIND_M
 #undef BIND_V
     }
-    rope_freqs(cx, factors);
+    eng_rope_inv_freq(c, factors, cx->inv_freq);
 
     /* KV pool: the budget, or enough for a full context of 4 sequences by default */
     uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * sizeof(float);

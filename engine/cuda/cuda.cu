@@ -230,29 +230,6 @@ static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const f
 }
 
 /* RoPE inverse frequencies, exactly cpu.c's rope_freqs(). */
-static void rope_freqs(const snap_config *c, const float *factors, float *out)
-{
-    uint32_t D = c->head_dim;
-    for (uint32_t i = 0; i < D / 2; i++) {
-        float f = powf(c->rope_theta, -2.0f * (float)i / (float)D);
-        if (factors)
-            f /= factors[i];
-        if (c->rope_scaling == SNAP_ROPE_SCALING_LLAMA3 && !factors) {
-            float lo_wl = (float)c->rope_orig_ctx / c->rope_low_freq_factor;
-            float hi_wl = (float)c->rope_orig_ctx / c->rope_high_freq_factor;
-            float wl = 2.0f * (float)M_PI / f;
-            if (wl > lo_wl) {
-                f /= c->rope_factor;
-            } else if (wl >= hi_wl) {
-                float smooth = ((float)c->rope_orig_ctx / wl - c->rope_low_freq_factor) /
-                               (c->rope_high_freq_factor - c->rope_low_freq_factor);
-                f = (1.0f - smooth) * f / c->rope_factor + smooth * f;
-            }
-        }
-        out[i] = f;
-    }
-}
-
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* y [T][rows] = W x [T][cols] (+ bias). */
@@ -332,7 +309,7 @@ static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *e
         const uint32_t *d_boff = d_out + cx->max_tokens;
         ecu_kv_batch kb = {d_pos, d_seq, d_boff, (const int32_t *)(d_boff + cx->max_tokens)};
         ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style,
-                             c->rope_scaling == SNAP_ROPE_SCALING_LINEAR ? 1.0f / c->rope_factor : 1.0f};
+                             1.0f /* linear scaling is in the frequencies */};
         void *s = cx->stream;
         if ((rc = ecu_embed(&cx->embd, d_tok, T, cx->x, s, err)))
             return rc;
@@ -521,7 +498,7 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
             rc = eng_fail(err, ENG_EBACKEND, "cuda: reading rope_freqs.weight failed");
             goto fail;
         }
-        rope_freqs(c, d_factors ? hf + half : NULL, hf);
+        eng_rope_inv_freq(c, d_factors ? hf + half : NULL, hf);
         cudaError_t e = cudaMalloc((void **)&cx->d_inv_freq, half * sizeof(float));
         if (e == cudaSuccess)
             e = cudaMemcpy(cx->d_inv_freq, hf, half * sizeof(float), cudaMemcpyHostToDevice);
