@@ -59,6 +59,7 @@ static float dot_q4_avx2(const cpu_qrow *w, const float *x, const float *sx, uin
     float macc = 0;
     for (uint64_t b = 0; b < nb; b++) {
         __m256 w0, w1, w2, w3;
+        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
         q4_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
         const float *xb = x + b * 32;
         __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
@@ -76,6 +77,7 @@ static float dot_q8_avx2(const cpu_qrow *w, const float *x, uint64_t nb)
     __m256 acc = _mm256_setzero_ps();
     for (uint64_t b = 0; b < nb; b++) {
         __m256 w0, w1, w2, w3;
+        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
         q8_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
         const float *xb = x + b * 32;
         __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
@@ -91,6 +93,7 @@ static void row_q4_avx2(const cpu_qrow *w, float *out, uint64_t nb)
 {
     for (uint64_t b = 0; b < nb; b++) {
         __m256 w0, w1, w2, w3;
+        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
         q4_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
         __m256 d = _mm256_set1_ps(ld_f16(w->d + b * w->dm_stride)), m = _mm256_set1_ps(ld_f16(w->m + b * w->dm_stride));
         _mm256_storeu_ps(out + b * 32, _mm256_fmadd_ps(d, w0, m));
@@ -104,6 +107,7 @@ static void row_q8_avx2(const cpu_qrow *w, float *out, uint64_t nb)
 {
     for (uint64_t b = 0; b < nb; b++) {
         __m256 w0, w1, w2, w3;
+        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
         q8_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
         __m256 d = _mm256_set1_ps(ld_f16(w->d + b * w->dm_stride));
         _mm256_storeu_ps(out + b * 32, _mm256_mul_ps(d, w0));
