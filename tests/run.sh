@@ -40,9 +40,12 @@ for s in tests/test_*.sh; do
     [ -f "$s" ] || continue
     run "$(basename "$s" .sh)" sh "$s" "$build"
 done
+# the Python tests' packages (tests/requirements.txt) live in .venv (make pydeps)
+py=python3
+[ -x .venv/bin/python ] && py=.venv/bin/python
 for p in tests/test_*.py; do
     [ -f "$p" ] || continue
-    run "$(basename "$p" .py)" python3 "$p"
+    run "$(basename "$p" .py)" "$py" "$p"
 done
 echo "test programs with skipped cases: $skip"
 echo "$pass passed, $fail failed"

@@ -12,26 +12,17 @@ import subprocess
 import sys
 import tempfile
 
+from harness import check, skip, summary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.path.join(ROOT, "thaw")
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
 GGUF_DIR = os.path.join(ROOT, "tests", "data", "gguf")
 HF_DIR = os.path.join(ROOT, "tests", "data", "hf")
 
-passed = failed = skipped = 0
-
 
 def thaw(*args, timeout=120):
     return subprocess.run([THAW, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {what}\n    {detail}", file=sys.stderr)
 
 
 def clean_failure(r, what, *needles):
@@ -92,10 +83,8 @@ def verify_corruptions(path, tmp, label, n_flips):
 
 
 def test_default_model(tmp):
-    global skipped
     if not os.path.exists(MODEL):
-        skipped += 1
-        print("skipped: default model not present (run `make model`)", file=sys.stderr)
+        skip("default model not present (run `make model`)")
         return
     r = thaw("inspect", MODEL)
     check(r.returncode == 0, "inspect the default model", r.stderr)
@@ -106,7 +95,6 @@ def test_default_model(tmp):
 
 
 def test_pack_fixtures(tmp):
-    global skipped
     srcs = []
     if os.path.isdir(GGUF_DIR):
         srcs += [os.path.join(GGUF_DIR, f) for f in sorted(os.listdir(GGUF_DIR))
@@ -114,8 +102,7 @@ def test_pack_fixtures(tmp):
     if os.path.isdir(HF_DIR):
         srcs += [os.path.join(HF_DIR, d) for d in sorted(os.listdir(HF_DIR)) if not d.startswith("bad")]
     if not srcs:
-        skipped += 1
-        print("skipped: no fixtures in tests/data", file=sys.stderr)
+        skip("no fixtures in tests/data")
         return
     for src in srcs:
         for quant in ("q4", "q8", "f16"):
@@ -159,8 +146,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for t in (test_usage, test_pack_fixtures, test_pack_refuses_bad_sources, test_default_model):
             t(tmp)
-    print(f"test_cli.py: {passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    return summary("test_cli.py")
 
 
 if __name__ == "__main__":

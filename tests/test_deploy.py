@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from harness import check, skip, summary
+
 try:
     import jsonschema
     import yaml
@@ -40,17 +42,6 @@ except ImportError as e:  # tests/requirements.txt lists them
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.path.join(ROOT, "thaw")
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
-
-passed = failed = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {what}\n    {detail}", file=sys.stderr)
 
 
 # ---- 1. s.yaml against the fc3 schema ---------------------------------------------------
@@ -415,10 +406,10 @@ def request(port, method, path, body=None, headers=None, timeout=120):
 def test_emulation(argv, docker_env, hc_cmd, props):
     have_serve = subprocess.run([THAW, "serve", "--help"], capture_output=True, text=True, timeout=30)
     if "unknown command" in have_serve.stderr:
-        print("skipped: image emulation: ./thaw has no `serve` command yet (rerun after the server lands)")
+        skip("image emulation: ./thaw has no `serve` command yet (rerun after the server lands)")
         return
     if not os.path.exists(MODEL):
-        print("skipped: image emulation: no models/smollm2-135m-instruct.thaw (make model)")
+        skip("image emulation: no models/smollm2-135m-instruct.thaw (make model)")
         return
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
@@ -536,7 +527,7 @@ def main():
     ref = find_ref_dir()
     props = {}
     if ref is None:
-        print("skipped: s.yaml schema validation: no shared/ref/fc3-schema.json at ../shared/ref or shared/ref")
+        skip("s.yaml schema validation: no shared/ref/fc3-schema.json at ../shared/ref or shared/ref")
         props = function_props(yaml.safe_load(open(os.path.join(ROOT, "s.yaml"))))
     else:
         props = test_syaml(ref)
@@ -549,8 +540,7 @@ def main():
     check(props.get("environmentVariables", {}).get("THAW_MODEL") == env.get("THAW_MODEL"),
           "s.yaml THAW_MODEL = the image's snapshot")
     test_emulation(argv, env, hc, props)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary("test_deploy.py")
 
 
 if __name__ == "__main__":

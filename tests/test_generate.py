@@ -15,22 +15,13 @@ import subprocess
 import sys
 import tempfile
 
+from harness import check, skip, summary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.path.join(ROOT, "thaw")
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
 GGUF_DIR = os.path.join(ROOT, "tests", "data", "gguf")
 CONFIG_OFFSET = 4096 + 16  # FORMAT.md: the config section's payload
-
-passed = failed = skipped = 0
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {what}\n    {detail}", file=sys.stderr)
 
 
 def thaw(*args, timeout=60):
@@ -153,13 +144,10 @@ def test_templates():
 
 
 def main():
-    global skipped
     if not os.path.exists(THAW):
-        print(f"test_generate.py: skipped: {THAW} is not built (make thaw)")
-        skipped += 1
+        skip(f"{THAW} is not built (make thaw)")
     elif not os.path.exists(MODEL):
-        print(f"test_generate.py: skipped: {MODEL} is missing (make model)")
-        skipped += 1
+        skip(f"{MODEL} is missing (make model)")
     else:
         test_answer()
         test_timings()
@@ -170,8 +158,7 @@ def main():
         test_templates()
         with tempfile.TemporaryDirectory() as tmp:
             test_bad_files(tmp)
-    print(f"test_generate.py: {passed} passed, {failed} failed, {skipped} skipped")
-    return 1 if failed else 0
+    return summary("test_generate.py")
 
 
 if __name__ == "__main__":

@@ -20,23 +20,15 @@ import tempfile
 import threading
 import time
 
+from harness import check, skip, summary
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.environ.get("THAW_BIN") or os.path.join(ROOT, "thaw")  # THAW_BIN: e.g. a sanitizer build
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
 FIXTURE_GGUF = os.path.join(ROOT, "tests", "data", "gguf", "llama-bf16.gguf")
 
-passed = failed = 0
 
 KEY_ID, SECRET, TOKEN = "STS.NTestKeyId", "test-secret/with+chars=", "CAIStestSecurityToken+/=="
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {what}\n    {str(detail)[:2000]}", file=sys.stderr)
 
 
 def chunk_table(path):
@@ -156,7 +148,7 @@ def main():
         if have_model:
             Handler.files["model.thaw"] = open(MODEL, "rb").read()
         else:
-            print("skipped: the 97 MB parallel download (no models/smollm2-135m-instruct.thaw; make model)")
+            skip("the 97 MB parallel download (no models/smollm2-135m-instruct.thaw; make model)")
 
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         srv.daemon_threads = True
@@ -298,8 +290,7 @@ def main():
         srv.shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary("test_remote.py")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ import sys
 import shutil
 import tempfile
 import threading
+
+import harness
+from harness import check, skip, summary
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,18 +39,7 @@ THAW = os.environ.get("THAW_BIN") or os.path.join(ROOT, "thaw")
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
 STOP_SECONDS = 30  # SIGSTOP duration (FC idle mode freezes instances)
 
-passed = failed = 0
 TMP = tempfile.mkdtemp(prefix="thaw-serve-test-")
-
-
-def check(cond, what, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {what}\n    {detail}", file=sys.stderr, flush=True)
-    return cond
 
 
 # ---- the server process ------------------------------------------------------------------
@@ -176,7 +168,7 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 # ---- tests ---------------------------------------------------------------------------------
 def test_sdk(a):
     if openai is None:
-        print("  skipped: openai package not installed (make pydeps): SDK cases", file=sys.stderr)
+        skip("openai package not installed (make pydeps): SDK cases")
         return
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{a.port}/v1", api_key="unused", max_retries=0, timeout=60)
     models = client.models.list()
@@ -702,7 +694,7 @@ def test_remote_model():
 
 def main():
     if not os.path.exists(MODEL):
-        print(f"  skipped: {MODEL} missing (make model): every case", file=sys.stderr)
+        skip(f"{MODEL} missing (make model): every case")
         print("0 passed, 0 failed")
         return 0
     t_start = time.monotonic()
@@ -749,12 +741,11 @@ def main():
     check(st == 200 and json.loads(body)["choices"][0]["message"]["content"], "freeze: a new connection serves", body)
     check(frozen.stop() == 0, "freeze server: exit 0")
     print(f"  total: {time.monotonic() - t_start:.1f} s", file=sys.stderr)
-    if failed:
+    if harness.failed:
         print(f"  server logs kept in {TMP}", file=sys.stderr)
     else:
         shutil.rmtree(TMP, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary("test_server.py")
 
 
 def kill_leftovers():
