@@ -77,6 +77,16 @@ extern const eng_backend_ops eng_cuda_backend; /* engine/cuda/, built with make 
 int eng_cuda_device_count(void);               /* 0 when no driver or no device */
 #endif
 
+/* The per-layer tensors every backend binds, in one list: X(kind, field, name suffix) with
+ * kind MAT (2-D weight), VEC (1-D f32, required) or BIAS (1-D f32, present iff the model has
+ * Q/K/V biases). Backends give their layer structs these field names and expand the list. */
+#define ENG_LAYER_TENSORS(X)                                                       \
+    X(VEC, attn_norm, "attn_norm.weight") X(VEC, ffn_norm, "ffn_norm.weight")     \
+    X(BIAS, bq, "attn_q.bias") X(BIAS, bk, "attn_k.bias") X(BIAS, bv, "attn_v.bias") \
+    X(MAT, wq, "attn_q.weight") X(MAT, wk, "attn_k.weight")                       \
+    X(MAT, wv, "attn_v.weight") X(MAT, wo, "attn_output.weight")                  \
+    X(MAT, wg, "ffn_gate.weight") X(MAT, wu, "ffn_up.weight") X(MAT, wd, "ffn_down.weight")
+
 /* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
 int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);
 uint32_t eng_model_max_batch(const eng_model *m);

@@ -340,7 +340,7 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
 {
     cpu_ctx *cx = ctx;
     const snap_config *c = &cx->c;
-    uint32_t T = b->n_tokens, E = c->n_embd, D = c->head_dim, H = c->n_head, K = c->n_head_kv;
+    uint32_t T = b->n_tokens, E = c->n_embd, D = c->head_dim;
     if (T == 0 || T > cx->max_tokens || b->n_out > cx->max_tokens)
         return eng_fail(err, ENG_EINVAL, "batch of %u tokens (%u outputs) exceeds the backend's %u", T, b->n_out,
                         cx->max_tokens);
@@ -398,8 +398,6 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
             return eng_fail(err, ENG_EINVAL, "output index %u past the batch", tok);
         rmsnorm(cx->xb + (uint64_t)i * E, cx->x + (uint64_t)tok * E, cx->output_norm, E, c->rms_eps);
     }
-    (void)K;
-    (void)H;
     const cpu_mat *head[1] = {&cx->output};
     float *head_out[1] = {logits};
     matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL);
@@ -472,28 +470,18 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
         cpu_layer *L = &cx->layers[l];
         char n[SNAP_NAME_MAX];
         int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
-#define BIND_M(suffix, field)                                       \
-    snprintf(n, sizeof n, "blk.%u." suffix, l);                     \
-    if ((rc = bind(cx, f, n, &L->field, NULL, 1, err)))             \
+#define BIND_MAT(field) (rc = bind(cx, f, n, &L->field, NULL, 1, err))
+#define BIND_VEC(field) (rc = bind(cx, f, n, NULL, &L->field, 1, err))
+#define BIND_BIAS(field) (rc = bind(cx, f, n, NULL, &L->field, bias, err))
+#define BIND(kind, field, suffix)                           \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);             \
+    if (BIND_##kind(field))                                 \
         goto fail;
-#define BIND_V(suffix, field, req)                                  \
-    snprintf(n, sizeof n, "blk.%u." suffix, l);                     \
-    if ((rc = bind(cx, f, n, NULL, &L->field, req, err)))           \
-        goto fail;
-        BIND_V("attn_norm.weight", attn_norm, 1)
-        BIND_V("ffn_norm.weight", ffn_norm, 1)
-        BIND_V("attn_q.bias", bq, bias)
-        BIND_V("attn_k.bias", bk, bias)
-        BIND_V("attn_v.bias", bv, bias)
-        BIND_M("attn_q.weight", wq)
-        BIND_M("attn_k.weight", wk)
-        BIND_M("attn_v.weight", wv)
-        BIND_M("attn_output.weight", wo)
-        BIND_M("ffn_gate.weight", wg)
-        BIND_M("ffn_up.weight", wu)
-        BIND_M("ffn_down.weight", wd)
-#undef BIND_M
-#undef BIND_V
+        ENG_LAYER_TENSORS(BIND)
+#undef BIND
+#undef BIND_MAT
+#undef BIND_VEC
+#undef BIND_BIAS
     }
     eng_rope_inv_freq(c, factors, cx->inv_freq);
 

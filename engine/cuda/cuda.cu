@@ -466,28 +466,18 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
             ecu_layer *L = &cx->layers[l];
             char n[SNAP_NAME_MAX];
             int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
-#define BIND_M(suffix, field)                                  \
-    snprintf(n, sizeof n, "blk.%u." suffix, l);                \
-    if ((rc = bind(cx, f, n, &L->field, NULL, 1, err)))        \
+#define BIND_MAT(field) (rc = bind(cx, f, n, &L->field, NULL, 1, err))
+#define BIND_VEC(field) (rc = bind(cx, f, n, NULL, &L->field, 1, err))
+#define BIND_BIAS(field) (rc = bind(cx, f, n, NULL, &L->field, bias, err))
+#define BIND(kind, field, suffix)                           \
+    snprintf(n, sizeof n, "blk.%u." suffix, l);             \
+    if (BIND_##kind(field))                                 \
         goto fail;
-#define BIND_V(suffix, field, req)                             \
-    snprintf(n, sizeof n, "blk.%u." suffix, l);                \
-    if ((rc = bind(cx, f, n, NULL, &L->field, req, err)))      \
-        goto fail;
-            BIND_V("attn_norm.weight", attn_norm, 1)
-            BIND_V("ffn_norm.weight", ffn_norm, 1)
-            BIND_V("attn_q.bias", bq, bias)
-            BIND_V("attn_k.bias", bk, bias)
-            BIND_V("attn_v.bias", bv, bias)
-            BIND_M("attn_q.weight", wq)
-            BIND_M("attn_k.weight", wk)
-            BIND_M("attn_v.weight", wv)
-            BIND_M("attn_output.weight", wo)
-            BIND_M("ffn_gate.weight", wg)
-            BIND_M("ffn_up.weight", wu)
-            BIND_M("ffn_down.weight", wd)
-#undef BIND_M
-#undef BIND_V
+            ENG_LAYER_TENSORS(BIND)
+#undef BIND
+#undef BIND_MAT
+#undef BIND_VEC
+#undef BIND_BIAS
         }
         uint32_t half = c->head_dim / 2;
         float *hf = (float *)malloc(2 * half * sizeof(float));
