@@ -11,6 +11,7 @@
 #   make CUDA=1 cuda-check   compile and link everything CUDA, run nothing (CI)
 
 CC       ?= gcc
+.DEFAULT_GOAL := all
 OPT      ?= -O2
 SANITIZE ?=
 WERROR   ?=
@@ -84,10 +85,14 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-# the AVX2 kernels alone are built for AVX2; they are chosen at run time (kernels.c)
+# the AVX2 and AVX-512 kernels alone are built for those; they are chosen at run time (kernels.c)
 $(BUILD)/engine/cpu/kernels_avx2.o: engine/cpu/kernels_avx2.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -O3 -mavx2 -mfma -mf16c -c -o $@ $<
+
+$(BUILD)/engine/cpu/kernels_avx512.o: engine/cpu/kernels_avx512.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libthaw.a
 	@mkdir -p $(@D)

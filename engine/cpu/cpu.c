@@ -26,9 +26,11 @@
 #include <unistd.h>
 
 typedef struct cpu_mat {
-    uint32_t dtype, layout;
+    uint32_t dtype;
     uint64_t rows, cols;
-    const uint8_t *base;      /* image */
+    const uint8_t *base;      /* f16 / f32: the image */
+    cpu_r16 r16;              /* q4 / q8: R16 (kernels.h) */
+    uint8_t *owned;           /* R16 bytes rearranged at load, or NULL */
 } cpu_mat;
 
 typedef struct cpu_layer {
@@ -50,13 +52,16 @@ typedef struct cpu_ctx {
     float *k_cache, *v_cache;
     /* scratch */
     float *x, *xb, *q, *kx, *vx, *att, *g, *u, *cs;
-    float *sx;                        /* block sums of a matmul's input (decode, q4) */
-    float *rowbuf;                    /* [threads][widest] a weight row in f32 (prefill) */
+    cpu_act act;                      /* a quantized matmul's input: [T][widest] int16 + scales */
+    float *rowbuf;                    /* [threads][4][widest] f16/f32 weight rows in f32 (prefill) */
     uint64_t widest;
     float *scores;                    /* [threads][max_ctx] */
 } cpu_ctx;
 
 /* ---- binding weights ------------------------------------------------------------------- */
+
+static inline int is_quant(const cpu_mat *m) { return m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8; }
+static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err);
 
 static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const float **vec, int required, eng_err *err)
 {
@@ -77,42 +82,71 @@ static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const f
         return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s matrices are not supported by the CPU backend",
                         snap_path(f), name, t->n_dims, snap_dtype_name(t->dtype));
     m->dtype = t->dtype;
-    m->layout = t->layout;
     m->rows = t->shape[0];
     m->cols = t->shape[1];
     m->base = cx->img->data + t->offset;
+    if (is_quant(m))
+        return to_r16(m, t->layout, err);
     return 0;
 }
 
-static inline cpu_qrow qrow(const cpu_mat *m, uint64_t r)
+/* One row of a snapshot-layout (BLOCKS / SPLIT) quantized matrix: block b's quants at
+ * qs + b * q_stride, its f16 scale at d + b * dm_stride, Q4's f16 minimum at m + ... */
+typedef struct src_row {
+    const uint8_t *qs, *d, *m;
+    uint32_t q_stride, dm_stride;
+} src_row;
+
+static src_row row_at(const cpu_mat *m, uint32_t layout, uint64_t r)
 {
     uint64_t nb = m->cols / 32;
-    cpu_qrow q;
     if (m->dtype == SNAP_Q4) {
-        if (m->layout == SNAP_LAYOUT_BLOCKS) {
+        if (layout == SNAP_LAYOUT_BLOCKS) {
             const uint8_t *s = m->base + r * nb * SNAP_Q4_BLOCK_BYTES;
-            q = (cpu_qrow){s + 4, s, s + 2, SNAP_Q4_BLOCK_BYTES, SNAP_Q4_BLOCK_BYTES};
-        } else {
-            uint64_t total = m->rows * nb;
-            const uint8_t *sc = m->base + total * 16;
-            q = (cpu_qrow){m->base + r * nb * 16, sc + r * nb * 2, sc + total * 2 + r * nb * 2, 16, 2};
+            return (src_row){s + 4, s, s + 2, SNAP_Q4_BLOCK_BYTES, SNAP_Q4_BLOCK_BYTES};
         }
-    } else {
-        if (m->layout == SNAP_LAYOUT_BLOCKS) {
-            const uint8_t *s = m->base + r * nb * SNAP_Q8_BLOCK_BYTES;
-            q = (cpu_qrow){s + 2, s, NULL, SNAP_Q8_BLOCK_BYTES, SNAP_Q8_BLOCK_BYTES};
-        } else {
-            uint64_t total = m->rows * nb;
-            q = (cpu_qrow){m->base + r * nb * 32, m->base + total * 32 + r * nb * 2, NULL, 32, 2};
-        }
+        uint64_t total = m->rows * nb;
+        const uint8_t *sc = m->base + total * 16;
+        return (src_row){m->base + r * nb * 16, sc + r * nb * 2, sc + total * 2 + r * nb * 2, 16, 2};
     }
-    return q;
+    if (layout == SNAP_LAYOUT_BLOCKS) {
+        const uint8_t *s = m->base + r * nb * SNAP_Q8_BLOCK_BYTES;
+        return (src_row){s + 2, s, NULL, SNAP_Q8_BLOCK_BYTES, SNAP_Q8_BLOCK_BYTES};
+    }
+    uint64_t total = m->rows * nb;
+    return (src_row){m->base + r * nb * 32, m->base + total * 32 + r * nb * 2, NULL, 32, 2};
 }
 
-static inline int is_quant(const cpu_mat *m) { return m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8; }
+static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
-/* Row r of m as f32 into out[cols] (embedding lookup, prefill). */
-static void mat_row_f32(const cpu_kernels *k, const cpu_mat *m, uint64_t r, float *out)
+/* Rearranges a BLOCKS / SPLIT matrix into R16 (an owned, 64-byte aligned copy). */
+static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err)
+{
+    uint64_t nb = m->cols / 32, bytes = cpu_r16_bytes(m->dtype, m->rows, m->cols);
+    m->owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!m->owned)
+        return eng_fail(err, ENG_ENOMEM, "out of memory rearranging a %llu x %llu matrix",
+                        (unsigned long long)m->rows, (unsigned long long)m->cols);
+    memset(m->owned, 0, bytes);
+    for (uint64_t r = 0; r < m->rows; r++) {
+        src_row q = row_at(m, layout, r);
+        for (uint64_t b = 0; b < nb; b++) {
+            const uint8_t *qs = q.qs + b * q.q_stride;
+            int8_t v[32];
+            for (int j = 0; j < 16 && m->dtype == SNAP_Q4; j++)
+                v[j] = (int8_t)(qs[j] & 15), v[j + 16] = (int8_t)(qs[j] >> 4);
+            if (m->dtype == SNAP_Q8)
+                memcpy(v, qs, 32);
+            cpu_r16_put(m->owned, m->dtype, nb, r, b, rd16(q.d + b * q.dm_stride),
+                        m->dtype == SNAP_Q4 ? rd16(q.m + b * q.dm_stride) : 0, v);
+        }
+    }
+    m->r16 = (cpu_r16){m->dtype, m->rows, nb, (m->rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS, m->owned};
+    return 0;
+}
+
+/* Row r of m as f32 into out[cols] (embedding lookup, f16/f32 prefill). */
+static void mat_row_f32(const cpu_mat *m, uint64_t r, float *out)
 {
     if (m->dtype == SNAP_F32) {
         memcpy(out, m->base + r * m->cols * 4, m->cols * 4);
@@ -121,18 +155,15 @@ static void mat_row_f32(const cpu_kernels *k, const cpu_mat *m, uint64_t r, floa
         for (uint64_t i = 0; i < m->cols; i++)
             out[i] = snap_f16_to_f32(h[i]);
     } else {
-        cpu_qrow q = qrow(m, r);
-        if (m->dtype == SNAP_Q4)
-            k->row_q4(&q, out, m->cols / 32);
-        else
-            k->row_q8(&q, out, m->cols / 32);
+        cpu_r16_row_f32(&m->r16, r, out);
     }
 }
 
 /* ---- parallel ops ------------------------------------------------------------------------ */
 
 /* Up to three matrices sharing one input: their rows are treated as one range split over
- * threads, so q/k/v (and gate/up) run in one parallel region. */
+ * threads, so q/k/v (and gate/up) run in one parallel region. Quantized matrices split in
+ * R16 groups of 16 rows (every group the same bytes per matrix), f16/f32 ones in rows. */
 typedef struct matmul_task {
     cpu_ctx *cx;
     uint32_t n_tokens;
@@ -143,69 +174,96 @@ typedef struct matmul_task {
     const float *bias[3];
 } matmul_task;
 
-static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
+static uint64_t split_units(const cpu_mat *m) { return is_quant(m) ? m->r16.n_groups : m->rows; }
+
+/* f16 / f32 rows [a, b) of m: dequantized four rows at a time into row, then run against
+ * every token (dot4xT), or one dot per row for a single token. */
+static void matmul_float_rows(const matmul_task *t, const cpu_mat *m, float *out, uint64_t a, uint64_t b, float *row)
 {
-    matmul_task *t = arg;
     const cpu_kernels *k = t->cx->k;
-    float *row = t->cx->rowbuf + (uint64_t)ith * 4 * t->cx->widest;
-    uint64_t total = 0;
-    for (uint32_t i = 0; i < t->n_mats; i++)
-        total += t->mats[i]->rows;
-    uint64_t lo, hi;
-    eng_split(total, ith, nth, &lo, &hi);
-    uint64_t base = 0;
-    for (uint32_t i = 0; i < t->n_mats && base < hi; base += t->mats[i]->rows, i++) {
-        const cpu_mat *m = t->mats[i];
-        uint64_t a = lo > base ? lo - base : 0, b = hi - base < m->rows ? hi - base : m->rows;
-        uint64_t cols = m->cols, nb = cols / 32;
-        for (uint64_t r = a; r < b; r++) {
-            float bias = t->bias[i] ? t->bias[i][r] : 0.0f, v;
-            if (t->n_tokens == 1) {
-                if (m->dtype == SNAP_Q4) {
-                    cpu_qrow q = qrow(m, r);
-                    v = k->dot_q4(&q, t->x, t->cx->sx, nb);
-                } else if (m->dtype == SNAP_Q8) {
-                    cpu_qrow q = qrow(m, r);
-                    v = k->dot_q8(&q, t->x, nb);
-                } else if (m->dtype == SNAP_F16) {
-                    v = k->dot_f16((const uint16_t *)(m->base + r * cols * 2), t->x, cols);
-                } else {
-                    v = k->dot_f32((const float *)(m->base + r * cols * 4), t->x, cols);
-                }
-                t->out[i][r] = v + bias;
-                continue;
-            }
-            if (r + 4 <= b) { /* four rows at once through the register-tiled kernel */
-                for (int q = 0; q < 4; q++)
-                    mat_row_f32(k, m, r + q, row + (uint64_t)q * cols);
-                k->dot4xT(row, t->x, t->n_tokens, t->out[i] + r, m->rows, cols);
-                for (int q = 0; q < 4 && t->bias[i]; q++)
-                    for (uint32_t tok = 0; tok < t->n_tokens; tok++)
-                        t->out[i][(uint64_t)tok * m->rows + r + q] += t->bias[i][r + q];
-                r += 3;
-                continue;
-            }
-            mat_row_f32(k, m, r, row);
+    uint64_t cols = m->cols;
+    for (uint64_t r = a; r < b; r++) {
+        if (t->n_tokens == 1) {
+            out[r] = m->dtype == SNAP_F16 ? k->dot_f16((const uint16_t *)(m->base + r * cols * 2), t->x, cols)
+                                          : k->dot_f32((const float *)(m->base + r * cols * 4), t->x, cols);
+        } else if (r + 4 <= b) {
+            for (int q = 0; q < 4; q++)
+                mat_row_f32(m, r + q, row + (uint64_t)q * cols);
+            k->dot4xT(row, t->x, t->n_tokens, out + r, m->rows, cols);
+            r += 3;
+        } else {
+            mat_row_f32(m, r, row);
             for (uint32_t tok = 0; tok < t->n_tokens; tok++)
-                t->out[i][(uint64_t)tok * m->rows + r] = k->dot_f32(row, t->x + (uint64_t)tok * cols, cols) + bias;
+                out[(uint64_t)tok * m->rows + r] = k->dot_f32(row, t->x + (uint64_t)tok * cols, cols);
         }
     }
 }
 
-/* Runs matmuls that share input x [T][cols] in one parallel region. */
+static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    matmul_task *t = arg;
+    float *row = t->cx->rowbuf + (uint64_t)ith * 4 * t->cx->widest;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < t->n_mats; i++)
+        total += split_units(t->mats[i]);
+    uint64_t lo, hi;
+    eng_split(total, ith, nth, &lo, &hi);
+    uint64_t base = 0;
+    for (uint32_t i = 0; i < t->n_mats && base < hi; base += split_units(t->mats[i]), i++) {
+        const cpu_mat *m = t->mats[i];
+        uint64_t n = split_units(m), a = lo > base ? lo - base : 0, b = hi - base < n ? hi - base : n;
+        if (a >= b)
+            continue;
+        if (is_quant(m)) {
+            t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
+            a *= CPU_R16_ROWS;
+            b = b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows;
+        } else {
+            matmul_float_rows(t, m, t->out[i], a, b, row);
+        }
+        for (uint32_t tok = 0; tok < t->n_tokens && t->bias[i]; tok++)
+            for (uint64_t r = a; r < b; r++)
+                t->out[i][(uint64_t)tok * m->rows + r] += t->bias[i][r];
+    }
+}
+
+typedef struct quant_task {
+    cpu_ctx *cx;
+    const float *x;
+    uint32_t n_tokens;
+} quant_task;
+
+static void quant_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    quant_task *t = arg;
+    uint64_t lo, hi;
+    eng_split(t->n_tokens, ith, nth, &lo, &hi);
+    for (uint64_t tok = lo; tok < hi; tok++)
+        t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
+}
+
+/* Runs matmuls that share input x [T][cols] in one parallel region, after quantizing x when
+ * a matrix is quantized (in parallel once there are enough tokens to pay for a pass). */
 static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, const cpu_mat *const *mats,
                    float *const *outs, const float *const *biases)
 {
     matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .n_mats = n};
-    int need_sums = 0;
+    int quant = 0;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
         t.out[i] = outs[i];
         t.bias[i] = biases ? biases[i] : NULL;
-        need_sums |= mats[i]->dtype == SNAP_Q4;
+        quant |= is_quant(mats[i]);
     }
-    if (n_tokens == 1 && need_sums)
-        cx->k->block_sums(x, cx->sx, mats[0]->cols / 32);
+    if (quant) {
+        cx->act.n = mats[0]->cols;
+        cx->act.nb = mats[0]->cols / 32;
+        quant_task q = {cx, x, n_tokens};
+        if (n_tokens >= 16)
+            eng_pool_run(cx->pool, quant_run, &q);
+        else
+            quant_run(&q, 0, 1);
+    }
     eng_pool_run(cx->pool, matmul_run, &t);
 }
 
@@ -354,7 +412,7 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
     }
     /* embeddings and rope angles */
     for (uint32_t i = 0; i < T; i++) {
-        mat_row_f32(cx->k, &cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
+        mat_row_f32(&cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
         float *cs = cx->cs + (uint64_t)i * D;
         float pos = (float)b->pos[i];
         for (uint32_t j = 0; j < D / 2; j++) {
@@ -413,6 +471,15 @@ static void cpu_destroy(void *ctx)
         return;
     eng_pool_destroy(cx->pool);
     snap_image_free(cx->img);
+    for (uint32_t l = 0; cx->layers && l < cx->c.n_layer; l++) {
+        cpu_layer *L = &cx->layers[l];
+        cpu_mat *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            free(mats[i]->owned);
+    }
+    if (cx->output.owned != cx->embd.owned)
+        free(cx->output.owned);
+    free(cx->embd.owned);
     free(cx->layers);
     free(cx->inv_freq);
     free(cx->k_cache);
@@ -426,7 +493,9 @@ static void cpu_destroy(void *ctx)
     free(cx->g);
     free(cx->u);
     free(cx->cs);
-    free(cx->sx);
+    free(cx->act.x16);
+    free(cx->act.s);
+    free(cx->act.sx);
     free(cx->rowbuf);
     free(cx->scores);
     free(cx);
@@ -515,11 +584,13 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->u = malloc(T * (uint64_t)c->n_ff * sizeof(float));
     cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
     cx->widest = widest;
-    cx->sx = malloc((widest / 32 + 1) * sizeof(float));
+    cx->act.x16 = aligned_alloc(64, (T * widest * sizeof(int16_t) + 63) / 64 * 64);
+    cx->act.s = malloc(T * (widest / 32 + 1) * sizeof(float));
+    cx->act.sx = malloc(T * (widest / 32 + 1) * sizeof(float));
     cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
     cx->scores = malloc((uint64_t)eng_pool_size(cx->pool) * cx->max_ctx * sizeof(float));
     if (!cx->k_cache || !cx->v_cache || !cx->x || !cx->xb || !cx->q || !cx->kx || !cx->vx || !cx->att || !cx->g ||
-        !cx->u || !cx->cs || !cx->sx || !cx->rowbuf || !cx->scores)
+        !cx->u || !cx->cs || !cx->act.x16 || !cx->act.s || !cx->act.sx || !cx->rowbuf || !cx->scores)
         goto nomem;
     *n_kv_blocks = cx->n_blocks;
     *out = cx;

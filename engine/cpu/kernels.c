@@ -1,74 +1,140 @@
-/* kernels.c -- portable CPU kernels and run-time selection of the AVX2 set. */
+/* kernels.c -- portable CPU kernels, the R16 arrangement, and run-time kernel selection. */
 #include "kernels.h"
 #include "snapshot.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static inline float ld_f16(const uint8_t *p)
+/* ---- R16 ------------------------------------------------------------------------------ */
+
+static uint64_t r16_unit(uint32_t dtype) { return dtype == SNAP_Q4 ? CPU_R16_Q4_UNIT : CPU_R16_Q8_UNIT; }
+static uint64_t r16_qbytes(uint32_t dtype) { return dtype == SNAP_Q4 ? 256 : 512; }
+
+/* Where block b of group g keeps its quants, d[16] and m[16]. */
+typedef struct r16_at {
+    uint8_t *q, *d, *m;
+} r16_at;
+
+static r16_at r16_locate(const uint8_t *base, uint32_t dtype, uint64_t nb, uint64_t g, uint64_t b)
 {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return snap_f16_to_f32(h);
+    uint8_t *grp = (uint8_t *)base + g * nb * r16_unit(dtype), *d = grp + nb * r16_qbytes(dtype);
+    return (r16_at){grp + b * r16_qbytes(dtype), d + b * 32, dtype == SNAP_Q4 ? d + nb * 32 + b * 32 : NULL};
 }
 
-static void block_sums_c(const float *x, float *s, uint64_t nb)
+uint64_t cpu_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols)
 {
-    for (uint64_t b = 0; b < nb; b++) {
-        float acc = 0;
-        for (int j = 0; j < 32; j++)
-            acc += x[b * 32 + j];
-        s[b] = acc;
+    return (rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS * (cols / 32) * r16_unit(dtype);
+}
+
+static inline void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
+static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+
+void cpu_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
+                 const int8_t q[32])
+{
+    uint64_t i = r % CPU_R16_ROWS;
+    r16_at at = r16_locate(dst, dtype, nb, r / CPU_R16_ROWS, b);
+    uint8_t *u = at.q;
+    if (dtype == SNAP_Q4) {
+        for (int j = 0; j < 4; j++) {
+            uint32_t word = 0;
+            for (int p = 0; p < 4; p++)
+                word |= (uint32_t)(q[8 * j + 2 * p] & 15) << 4 * p | (uint32_t)(q[8 * j + 2 * p + 1] & 15) << (16 + 4 * p);
+            for (int k = 0; k < 4; k++)
+                u[64 * j + 4 * i + k] = (uint8_t)(word >> 8 * k);
+        }
+        put16(at.m + 2 * i, m);
+    } else {
+        for (int j = 0; j < 8; j++) {
+            uint8_t *w = u + 64 * j + 4 * i;
+            w[0] = (uint8_t)q[4 * j], w[1] = (uint8_t)q[4 * j + 2], w[2] = (uint8_t)q[4 * j + 1], w[3] = (uint8_t)q[4 * j + 3];
+        }
     }
+    put16(at.d + 2 * i, d);
 }
 
-static float dot_q4_c(const cpu_qrow *w, const float *x, const float *sx, uint64_t nb)
+/* Row i of a block's quants (at u) as plain values. */
+static void r16_get(const uint8_t *u, uint32_t dtype, uint64_t i, int32_t q[32])
 {
-    float acc = 0;
-    for (uint64_t b = 0; b < nb; b++) {
-        const uint8_t *q = w->qs + b * w->q_stride;
-        const float *xb = x + b * 32;
-        float sum = 0;
-        for (int j = 0; j < 16; j++)
-            sum += (float)(q[j] & 0x0f) * xb[j] + (float)(q[j] >> 4) * xb[j + 16];
-        acc += ld_f16(w->d + b * w->dm_stride) * sum + ld_f16(w->m + b * w->dm_stride) * sx[b];
-    }
-    return acc;
-}
-
-static float dot_q8_c(const cpu_qrow *w, const float *x, uint64_t nb)
-{
-    float acc = 0;
-    for (uint64_t b = 0; b < nb; b++) {
-        const int8_t *q = (const int8_t *)(w->qs + b * w->q_stride);
-        const float *xb = x + b * 32;
-        float sum = 0;
-        for (int j = 0; j < 32; j++)
-            sum += (float)q[j] * xb[j];
-        acc += ld_f16(w->d + b * w->dm_stride) * sum;
-    }
-    return acc;
-}
-
-static void row_q4_c(const cpu_qrow *w, float *out, uint64_t nb)
-{
-    for (uint64_t b = 0; b < nb; b++) {
-        const uint8_t *q = w->qs + b * w->q_stride;
-        float d = ld_f16(w->d + b * w->dm_stride), m = ld_f16(w->m + b * w->dm_stride);
-        for (int j = 0; j < 16; j++) {
-            out[b * 32 + j] = d * (float)(q[j] & 0x0f) + m;
-            out[b * 32 + j + 16] = d * (float)(q[j] >> 4) + m;
+    if (dtype == SNAP_Q4) {
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *w = u + 64 * j + 4 * i;
+            uint32_t word = (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
+            for (int p = 0; p < 4; p++) {
+                q[8 * j + 2 * p] = (int32_t)(word >> 4 * p & 15);
+                q[8 * j + 2 * p + 1] = (int32_t)(word >> (16 + 4 * p) & 15);
+            }
+        }
+    } else {
+        for (int j = 0; j < 8; j++) {
+            const int8_t *w = (const int8_t *)(u + 64 * j + 4 * i);
+            q[4 * j] = w[0], q[4 * j + 2] = w[1], q[4 * j + 1] = w[2], q[4 * j + 3] = w[3];
         }
     }
 }
 
-static void row_q8_c(const cpu_qrow *w, float *out, uint64_t nb)
+void cpu_r16_row_f32(const cpu_r16 *w, uint64_t r, float *out)
 {
-    for (uint64_t b = 0; b < nb; b++) {
-        const int8_t *q = (const int8_t *)(w->qs + b * w->q_stride);
-        float d = ld_f16(w->d + b * w->dm_stride);
-        for (int j = 0; j < 32; j++)
-            out[b * 32 + j] = d * (float)q[j];
+    uint64_t i = r % CPU_R16_ROWS;
+    for (uint64_t b = 0; b < w->nb; b++) {
+        r16_at at = r16_locate(w->base, w->dtype, w->nb, r / CPU_R16_ROWS, b);
+        int32_t q[32];
+        r16_get(at.q, w->dtype, i, q);
+        float d = snap_f16_to_f32(get16(at.d + 2 * i));
+        float m = w->dtype == SNAP_Q4 ? snap_f16_to_f32(get16(at.m + 2 * i)) : 0.0f;
+        for (int k = 0; k < 32; k++)
+            out[b * 32 + k] = w->dtype == SNAP_Q4 ? d * (float)q[k] + m : d * (float)q[k];
+    }
+}
+
+/* ---- portable kernels --------------------------------------------------------------------- */
+
+static void quant_act_c(const float *x, const cpu_act *a, uint32_t t)
+{
+    int16_t *q = a->x16 + (uint64_t)t * a->n;
+    for (uint64_t b = 0; b < a->nb; b++) {
+        const float *v = x + b * 32;
+        float amax = 0;
+        for (int k = 0; k < 32; k++)
+            amax = fmaxf(amax, fabsf(v[k]));
+        float s = amax / CPU_ACT_MAX, inv = amax > 0 ? CPU_ACT_MAX / amax : 0.0f;
+        int32_t sum = 0;
+        for (int k = 0; k < 32; k++) {
+            float r = nearbyintf(v[k] * inv); /* round half to even, as the vector kernels */
+            int32_t iv = r != r || r > CPU_ACT_MAX ? 32767 : r < -CPU_ACT_MAX ? -32767 : (int32_t)r;
+            q[b * 32 + k] = (int16_t)iv;
+            sum += iv;
+        }
+        a->s[(uint64_t)t * a->nb + b] = s;
+        a->sx[(uint64_t)t * a->nb + b] = s * (float)sum;
+    }
+}
+
+static void matmul_r16_c(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, uint32_t n_tok, float *out,
+                         uint64_t out_stride)
+{
+    for (uint64_t g = g0; g < g1; g++) {
+        uint64_t rows = w->rows - g * CPU_R16_ROWS < CPU_R16_ROWS ? w->rows - g * CPU_R16_ROWS : CPU_R16_ROWS;
+        for (uint32_t t = 0; t < n_tok; t++) {
+            const int16_t *x = a->x16 + (uint64_t)t * a->n;
+            const float *s = a->s + (uint64_t)t * a->nb, *sx = a->sx + (uint64_t)t * a->nb;
+            for (uint64_t i = 0; i < rows; i++) {
+                float acc = 0;
+                for (uint64_t b = 0; b < w->nb; b++) {
+                    r16_at at = r16_locate(w->base, w->dtype, w->nb, g, b);
+                    int32_t q[32], isum = 0;
+                    r16_get(at.q, w->dtype, i, q);
+                    for (int k = 0; k < 32; k++)
+                        isum += q[k] * x[b * 32 + k];
+                    float dsx = snap_f16_to_f32(get16(at.d + 2 * i)) * s[b];
+                    acc = fmaf((float)isum, dsx, acc);
+                    if (w->dtype == SNAP_Q4)
+                        acc = fmaf(snap_f16_to_f32(get16(at.m + 2 * i)), sx[b], acc);
+                }
+                out[(uint64_t)t * out_stride + g * CPU_R16_ROWS + i] = acc;
+            }
+        }
     }
 }
 
@@ -102,17 +168,20 @@ static void dot4xT_c(const float *w, const float *x, uint32_t n_tok, float *out,
 }
 
 static const cpu_kernels portable = {
-    "portable", block_sums_c, dot_q4_c, dot_q8_c, row_q4_c, row_q8_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c,
+    "portable", quant_act_c, matmul_r16_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c,
 };
 
 const cpu_kernels *cpu_kernels_portable(void) { return &portable; }
 
-/* The best set this CPU runs. THAW_CPU_KERNELS=portable forces the portable one (benchmarks,
- * or ruling out a kernel when chasing a numeric difference). AVX-512 versions of the q4/q8
- * dots measured within 3 % of these once both prefetch, so there are none. */
+/* The best set this CPU runs. THAW_CPU_KERNELS=portable|avx2 caps the choice (benchmarks, or
+ * ruling out a kernel when chasing a difference; the quantized matmuls agree bitwise). */
 const cpu_kernels *cpu_kernels_get(void)
 {
     const char *want = getenv("THAW_CPU_KERNELS");
-    const cpu_kernels *k = want && !strcmp(want, "portable") ? NULL : cpu_kernels_avx2();
+    const cpu_kernels *k = NULL;
+    if (!want || !strcmp(want, "avx512"))
+        k = cpu_kernels_avx512();
+    if (!k && (!want || strcmp(want, "portable")))
+        k = cpu_kernels_avx2();
     return k ? k : &portable;
 }

@@ -1,17 +1,35 @@
 /* kernels.h -- CPU compute kernels, internal to engine/cpu/.
  *
- * Quantized matrices are read through a "view" of strided pointers so one kernel serves both
- * snapshot layouts: BLOCKS (d, [m,] quants interleaved per 32-weight block) and SPLIT (planes).
+ * Quantized matmuls (Q4, Q8) run on integers. Each matmul input is quantized per 32-element
+ * block to int16 (x = s * x16, s = max|x| / 32767: a relative error below 2^-15 of the
+ * block's largest element, 256 times finer than llama.cpp's 8-bit activations). A block's
+ * dot with a weight row is then an exact integer sum,
+ *     isum = sum_k q[k] * x16[k]                       (int32, cannot overflow)
+ *     y   += (d * s) * isum  [+ m * (s * sum_k x16[k]) for Q4]     (f32, fused multiply-add)
+ * and the f32 steps are the same instructions in the same order in every kernel set, for
+ * every number of tokens. So the portable, AVX2 and AVX-512 kernels return bitwise equal
+ * results, and a token's logits do not depend on what else is in its batch.
  *
- * Activations stay f32: a weight block is dequantized in registers and multiplied with the
- * f32 activations. Quantizing activations to int8 (llama.cpp's scheme) is faster in
- * arithmetic but flips close decisions -- on SmolLM2 Q4_1 it turns the exact computation's
- * "The capital of France is Paris" into another answer -- and decode is bound by reading the
- * weights, not by this arithmetic (bench/decode). The CPU backend is the reference, so it
- * computes what the stored weights mean.
+ * Weights are read in the R16 arrangement below, which makes the integer dot one
+ * multiply-add instruction per 32 products (vpdpwssd) with no conversion of weights to
+ * float: the CPU backend rearranges other layouts into it once at load.
  *
- * Kernel table: cpu_kernels_get() returns the AVX2/FMA/F16C set when the CPU has it, else
- * portable C; they differ only in float summation order.
+ * R16: rows in groups of 16 (the last group padded with zero rows); group g of a matrix with
+ * nb = cols / 32 blocks per row starts at g * nb * unit bytes (unit: Q4 320, Q8 544) and
+ * holds, for its nb blocks in order, first the quants (QB = 256 or 512 bytes per block, so
+ * 64-byte aligned), then d[16] f16 per block, then for Q4 m[16] f16 per block:
+ *   Q4: in block b's quant chunk j (0..3), at 256 b + 64 j + 4 i, row i's 32-bit
+ *       little-endian word holds weights 8j..8j+7: nibble p (bits 4p..4p+3) is weight
+ *       8j + 2p for p < 4 and 8j + 2(p-4) + 1 for p >= 4, so (word >> 4p) & 0x000f000f is
+ *       the 16-bit pair (8j+2p, 8j+2p+1).
+ *   Q8: in block b's chunk j (0..7), at 512 b + 64 j + 4 i, row i's 4 bytes are weights
+ *       4j, 4j+2, 4j+1, 4j+3 (int8): the two 16-bit halves sign-extended from their low
+ *       bytes are the pair (4j, 4j+1), from their high bytes (4j+2, 4j+3).
+ *
+ * f16 and f32 matrices (small test models) keep f32 arithmetic: dot_f16 / dot_f32 per row
+ * and the register-tiled dot4xT for batches.
+ *
+ * Kernel table: cpu_kernels_get() returns the AVX-512 VNNI set, else AVX2, else portable C.
  */
 #ifndef THAW_ENGINE_CPU_KERNELS_H
 #define THAW_ENGINE_CPU_KERNELS_H
@@ -19,46 +37,67 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* One row of a quantized matrix: block b's quants at qs + b*q_stride (bytes), its f16 scale
- * at d + b*dm_stride, Q4's f16 minimum at m + b*dm_stride. */
-typedef struct cpu_qrow {
-    const uint8_t *qs;
-    const uint8_t *d;
-    const uint8_t *m;
-    uint32_t q_stride;
-    uint32_t dm_stride; /* bytes */
-} cpu_qrow;
+#define CPU_R16_ROWS 16
+#define CPU_R16_Q4_UNIT 320 /* bytes per block of a group: 256 quants + 32 d + 32 m */
+#define CPU_R16_Q8_UNIT 544 /* 512 quants + 32 d */
+#define CPU_ACT_MAX 32767.0f
 
-/* Decode streams every weight once per token; the hardware prefetcher falls behind that
- * stream (profiles showed the kernels stalled on the weight loads at a fifth of the machine's
- * read bandwidth), so the q4/q8 kernels prefetch this far ahead of the block they read.
- * Measured on SmolLM2 (bench/RESULTS.md): 1.5 KB ahead doubled decode speed, 4-5 KB added a
- * little more. A prefetch never faults, so running past the end of the image is harmless. */
+/* A Q4 / Q8 matrix in R16: n_groups = ceil(rows / 16) groups of nb blocks. */
+typedef struct cpu_r16 {
+    uint32_t dtype;          /* SNAP_Q4 or SNAP_Q8 */
+    uint64_t rows, nb, n_groups;
+    const uint8_t *base;     /* 64-byte aligned */
+} cpu_r16;
+
+/* Quantized activations of T tokens, each n = 32 nb long: x16 [T][n] (64-byte aligned
+ * rows), per block scale s [T][nb] and s * (sum of the block's x16) sx [T][nb]. */
+typedef struct cpu_act {
+    int16_t *x16;
+    float *s, *sx;
+    uint64_t n, nb;
+} cpu_act;
+
+/* The weights are read once per token; the hardware prefetcher falls behind that stream, so
+ * the matmul kernels prefetch this far ahead of the unit they read (bench/RESULTS.md). A
+ * prefetch never faults, so running past the end of the weights is harmless. */
 #define CPU_PREFETCH_BYTES 4096
 
 typedef struct cpu_kernels {
     const char *name;
-    /* s[b] = sum of x[32b .. 32b+31]: the Q4 minimum's term is m * s[b] */
-    void (*block_sums)(const float *x, float *s, uint64_t nb);
-    /* dot of a Q4 / Q8 row (nb blocks of 32) with f32 x */
-    float (*dot_q4)(const cpu_qrow *w, const float *x, const float *sx, uint64_t nb);
-    float (*dot_q8)(const cpu_qrow *w, const float *x, uint64_t nb);
-    /* a Q4 / Q8 row to f32 (prefill: dequantize once, reuse for every token) */
-    void (*row_q4)(const cpu_qrow *w, float *out, uint64_t nb);
-    void (*row_q8)(const cpu_qrow *w, float *out, uint64_t nb);
+    /* quantizes token t's x[n] into a (x16, s, sx rows t) */
+    void (*quant_act)(const float *x, const cpu_act *a, uint32_t t);
+    /* out[t * out_stride + r] = row r of w . token t of a, for the rows of groups
+     * [g0, g1) that exist and tokens [0, n_tok) */
+    void (*matmul_r16)(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, uint32_t n_tok, float *out,
+                       uint64_t out_stride);
     /* f16 row . f32 vector */
     float (*dot_f16)(const uint16_t *w, const float *x, uint64_t n);
     float (*dot_f32)(const float *a, const float *b, uint64_t n);
     /* y += a * x */
     void (*axpy)(float a, const float *x, float *y, uint64_t n);
-    /* Batched rows x tokens: out[t * out_stride + r] = w[r * n ..] . x[t * n ..] for r < 4,
-     * t < n_tok (w: 4 rows, contiguous). Each weight row is reused across tokens in
-     * registers: the prefill / batched-decode inner loop. */
+    /* Batched f32 rows x tokens: out[t * out_stride + r] = w[r * n ..] . x[t * n ..] for r < 4,
+     * t < n_tok (w: 4 rows, contiguous), each weight row reused across tokens in registers. */
     void (*dot4xT)(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n);
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */
-const cpu_kernels *cpu_kernels_portable(void);  /* always available (tests compare both) */
+const cpu_kernels *cpu_kernels_portable(void);  /* always available (tests compare them all) */
 const cpu_kernels *cpu_kernels_avx2(void);      /* NULL when the CPU lacks AVX2/FMA/F16C */
+const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/VNNI */
+
+/* The AVX2 set's f16/f32 kernels, which the AVX-512 set shares. */
+float cpu_avx2_dot_f16(const uint16_t *w, const float *x, uint64_t n);
+float cpu_avx2_dot_f32(const float *a, const float *b, uint64_t n);
+void cpu_avx2_axpy(float a, const float *x, float *y, uint64_t n);
+void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n);
+
+/* R16 bytes for a matrix: n_groups * nb * unit. */
+uint64_t cpu_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols);
+/* Writes row r's block b (d, [m,] 32 quants as plain values: Q4 0..15, Q8 -127..127) into
+ * the R16 image dst of a matrix with nb blocks per row. */
+void cpu_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
+                 const int8_t q[32]);
+/* Row r of an R16 matrix as f32 (d * q [+ m], exactly as the blocks mean). */
+void cpu_r16_row_f32(const cpu_r16 *w, uint64_t r, float *out);
 
 #endif

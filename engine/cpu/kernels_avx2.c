@@ -4,6 +4,8 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include "snapshot.h"
+
 #include <immintrin.h>
 #include <string.h>
 
@@ -15,109 +17,156 @@ static inline float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-static inline float ld_f16(const uint8_t *p)
+#define TILE 4 /* tokens per pass: 4 sums + 4 accumulators + 4 weights + scales fit 16 registers */
+
+static inline __m256i bcast_pair(const int16_t *p)
 {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return _cvtsh_ss(h);
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
 }
 
-static void block_sums_avx2(const float *x, float *s, uint64_t nb)
+/* Rows 8h..8h+7 of one group (h = 0, 1) for nt tokens: the AVX-512 kernel's arithmetic on
+ * half the lanes, vpmaddwd + vpaddd in place of vpdpwssd (exact either way). */
+static inline __attribute__((always_inline)) void
+half_q4(const uint8_t *u, uint64_t nb, int h, const cpu_act *a, uint32_t t0, const int nt, __m256 *acc)
 {
-    for (uint64_t b = 0; b < nb; b++) {
-        const float *v = x + b * 32;
-        __m256 a = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(v), _mm256_loadu_ps(v + 8)),
-                                 _mm256_add_ps(_mm256_loadu_ps(v + 16), _mm256_loadu_ps(v + 24)));
-        s[b] = hsum(a);
+    const __m256i mask = _mm256_set1_epi32(0x000f000f);
+    const uint8_t *dp = u + nb * 256 + 16 * h, *mp = dp + nb * 32;
+    u += 32 * h;
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (uint64_t b = 0; b < nb; b++, u += 256, dp += 32, mp += 32) {
+        for (int p = 0; p < 256; p += 64)
+            _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES + p, _MM_HINT_T0);
+        __m256i is[TILE];
+        for (int t = 0; t < nt; t++)
+            is[t] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            __m256i v = _mm256_load_si256((const __m256i *)(u + 64 * j));
+            __m256i w0 = _mm256_and_si256(v, mask), w1 = _mm256_and_si256(_mm256_srli_epi32(v, 4), mask);
+            __m256i w2 = _mm256_and_si256(_mm256_srli_epi32(v, 8), mask), w3 = _mm256_and_si256(_mm256_srli_epi32(v, 12), mask);
+            for (int t = 0; t < nt; t++) {
+                const int16_t *x = a->x16 + (uint64_t)(t0 + t) * a->n + b * 32 + 8 * j;
+                __m256i p0 = _mm256_add_epi32(_mm256_madd_epi16(w0, bcast_pair(x)), _mm256_madd_epi16(w1, bcast_pair(x + 2)));
+                __m256i p1 = _mm256_add_epi32(_mm256_madd_epi16(w2, bcast_pair(x + 4)), _mm256_madd_epi16(w3, bcast_pair(x + 6)));
+                is[t] = _mm256_add_epi32(is[t], _mm256_add_epi32(p0, p1));
+            }
+        }
+        __m256 d = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)dp));
+        __m256 m = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)mp));
+        for (int t = 0; t < nt; t++) {
+            uint64_t sb = (uint64_t)(t0 + t) * a->nb + b;
+            __m256 dsx = _mm256_mul_ps(d, _mm256_set1_ps(a->s[sb]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[t]), dsx, acc[t]);
+            acc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a->sx[sb]), acc[t]);
+        }
     }
 }
 
-/* 16 bytes of nibbles -> the block's 32 weights as 4 x 8 floats (q, not yet scaled) */
-static inline void q4_unpack(const uint8_t *q, __m256 *w0, __m256 *w1, __m256 *w2, __m256 *w3)
+static inline __attribute__((always_inline)) void
+half_q8(const uint8_t *u, uint64_t nb, int h, const cpu_act *a, uint32_t t0, const int nt, __m256 *acc)
 {
-    const __m128i low = _mm_set1_epi8(0x0f);
-    __m128i raw = _mm_loadu_si128((const __m128i *)q);
-    __m128i lo = _mm_and_si128(raw, low), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
-    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
-    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
-    *w2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
-    *w3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
-}
-
-static inline void q8_unpack(const uint8_t *q, __m256 *w0, __m256 *w1, __m256 *w2, __m256 *w3)
-{
-    __m128i a = _mm_loadu_si128((const __m128i *)q), b = _mm_loadu_si128((const __m128i *)(q + 16));
-    *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(a));
-    *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(a, 8)));
-    *w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
-    *w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)));
-}
-
-static float dot_q4_avx2(const cpu_qrow *w, const float *x, const float *sx, uint64_t nb)
-{
-    __m256 acc = _mm256_setzero_ps();
-    float macc = 0;
-    for (uint64_t b = 0; b < nb; b++) {
-        __m256 w0, w1, w2, w3;
-        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
-        q4_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
-        const float *xb = x + b * 32;
-        __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
-        s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), s);
-        s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), s);
-        s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(ld_f16(w->d + b * w->dm_stride)), s, acc);
-        macc += ld_f16(w->m + b * w->dm_stride) * sx[b];
-    }
-    return hsum(acc) + macc;
-}
-
-static float dot_q8_avx2(const cpu_qrow *w, const float *x, uint64_t nb)
-{
-    __m256 acc = _mm256_setzero_ps();
-    for (uint64_t b = 0; b < nb; b++) {
-        __m256 w0, w1, w2, w3;
-        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
-        q8_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
-        const float *xb = x + b * 32;
-        __m256 s = _mm256_mul_ps(w0, _mm256_loadu_ps(xb));
-        s = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xb + 8), s);
-        s = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xb + 16), s);
-        s = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xb + 24), s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(ld_f16(w->d + b * w->dm_stride)), s, acc);
-    }
-    return hsum(acc);
-}
-
-static void row_q4_avx2(const cpu_qrow *w, float *out, uint64_t nb)
-{
-    for (uint64_t b = 0; b < nb; b++) {
-        __m256 w0, w1, w2, w3;
-        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
-        q4_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
-        __m256 d = _mm256_set1_ps(ld_f16(w->d + b * w->dm_stride)), m = _mm256_set1_ps(ld_f16(w->m + b * w->dm_stride));
-        _mm256_storeu_ps(out + b * 32, _mm256_fmadd_ps(d, w0, m));
-        _mm256_storeu_ps(out + b * 32 + 8, _mm256_fmadd_ps(d, w1, m));
-        _mm256_storeu_ps(out + b * 32 + 16, _mm256_fmadd_ps(d, w2, m));
-        _mm256_storeu_ps(out + b * 32 + 24, _mm256_fmadd_ps(d, w3, m));
+    const uint8_t *dp = u + nb * 512 + 16 * h;
+    u += 32 * h;
+    for (int t = 0; t < nt; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (uint64_t b = 0; b < nb; b++, u += 512, dp += 32) {
+        for (int p = 0; p < 512; p += 64)
+            _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES + p, _MM_HINT_T0);
+        __m256i is[TILE];
+        for (int t = 0; t < nt; t++)
+            is[t] = _mm256_setzero_si256();
+        for (int j = 0; j < 8; j++) {
+            __m256i v = _mm256_load_si256((const __m256i *)(u + 64 * j));
+            __m256i w0 = _mm256_srai_epi16(_mm256_slli_epi16(v, 8), 8), w1 = _mm256_srai_epi16(v, 8);
+            for (int t = 0; t < nt; t++) {
+                const int16_t *x = a->x16 + (uint64_t)(t0 + t) * a->n + b * 32 + 4 * j;
+                is[t] = _mm256_add_epi32(is[t], _mm256_add_epi32(_mm256_madd_epi16(w0, bcast_pair(x)),
+                                                                 _mm256_madd_epi16(w1, bcast_pair(x + 2))));
+            }
+        }
+        __m256 d = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)dp));
+        for (int t = 0; t < nt; t++) {
+            __m256 dsx = _mm256_mul_ps(d, _mm256_set1_ps(a->s[(uint64_t)(t0 + t) * a->nb + b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is[t]), dsx, acc[t]);
+        }
     }
 }
 
-static void row_q8_avx2(const cpu_qrow *w, float *out, uint64_t nb)
+static inline __attribute__((always_inline)) void pass(const cpu_r16 *w, uint64_t g, const cpu_act *a, uint32_t t0,
+                                                       const int nt, float *out, uint64_t out_stride)
 {
-    for (uint64_t b = 0; b < nb; b++) {
-        __m256 w0, w1, w2, w3;
-        _mm_prefetch((const char *)(w->qs + b * w->q_stride) + CPU_PREFETCH_BYTES, _MM_HINT_T0);
-        q8_unpack(w->qs + b * w->q_stride, &w0, &w1, &w2, &w3);
-        __m256 d = _mm256_set1_ps(ld_f16(w->d + b * w->dm_stride));
-        _mm256_storeu_ps(out + b * 32, _mm256_mul_ps(d, w0));
-        _mm256_storeu_ps(out + b * 32 + 8, _mm256_mul_ps(d, w1));
-        _mm256_storeu_ps(out + b * 32 + 16, _mm256_mul_ps(d, w2));
-        _mm256_storeu_ps(out + b * 32 + 24, _mm256_mul_ps(d, w3));
+    uint64_t left = w->rows - g * CPU_R16_ROWS;
+    for (int h = 0; h < 2 && left > (uint64_t)8 * h; h++) {
+        __m256 acc[TILE];
+        if (w->dtype == SNAP_Q4)
+            half_q4(w->base + g * w->nb * CPU_R16_Q4_UNIT, w->nb, h, a, t0, nt, acc);
+        else
+            half_q8(w->base + g * w->nb * CPU_R16_Q8_UNIT, w->nb, h, a, t0, nt, acc);
+        uint64_t n = left - 8 * h >= 8 ? 8 : left - 8 * h;
+        for (int t = 0; t < nt; t++) {
+            float *o = out + (uint64_t)(t0 + t) * out_stride + g * CPU_R16_ROWS + 8 * h;
+            if (n == 8) {
+                _mm256_storeu_ps(o, acc[t]);
+            } else {
+                float tmp[8];
+                _mm256_storeu_ps(tmp, acc[t]);
+                memcpy(o, tmp, n * sizeof *o);
+            }
+        }
     }
 }
 
-static float dot_f16_avx2(const uint16_t *w, const float *x, uint64_t n)
+#define PASS(n) \
+    case n: pass(w, g, a, t0, n, out, out_stride); break;
+
+static void matmul_r16_avx2(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, uint32_t n_tok, float *out,
+                            uint64_t out_stride)
+{
+    for (uint64_t g = g0; g < g1; g++)
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += TILE) {
+            switch (n_tok - t0 >= TILE ? TILE : n_tok - t0) {
+                PASS(1) PASS(2) PASS(3) PASS(4)
+            }
+        }
+}
+
+static void quant_act_avx2(const float *x, const cpu_act *a, uint32_t t)
+{
+    int16_t *q = a->x16 + (uint64_t)t * a->n;
+    const __m256 lim = _mm256_set1_ps(CPU_ACT_MAX), nlim = _mm256_set1_ps(-CPU_ACT_MAX);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (uint64_t b = 0; b < a->nb; b++) {
+        __m256 v[4], mx = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + b * 32 + 8 * k);
+            mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float s = amax / CPU_ACT_MAX, inv = amax > 0 ? CPU_ACT_MAX / amax : 0.0f;
+        __m256 iv = _mm256_set1_ps(inv);
+        __m256i sum = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k += 2) {
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[k], iv), nlim), lim));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(v[k + 1], iv), nlim), lim));
+            sum = _mm256_add_epi32(sum, _mm256_add_epi32(i0, i1));
+            /* packs interleaves 128-bit lanes: put them back in order */
+            __m256i p = _mm256_permute4x64_epi64(_mm256_packs_epi32(i0, i1), 0xd8);
+            _mm256_storeu_si256((__m256i *)(q + b * 32 + 8 * k), p);
+        }
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        a->s[(uint64_t)t * a->nb + b] = s;
+        a->sx[(uint64_t)t * a->nb + b] = s * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
+float cpu_avx2_dot_f16(const uint16_t *w, const float *x, uint64_t n)
 {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     uint64_t i = 0;
@@ -132,7 +181,7 @@ static float dot_f16_avx2(const uint16_t *w, const float *x, uint64_t n)
     return s;
 }
 
-static float dot_f32_avx2(const float *a, const float *b, uint64_t n)
+float cpu_avx2_dot_f32(const float *a, const float *b, uint64_t n)
 {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     uint64_t i = 0;
@@ -146,7 +195,7 @@ static float dot_f32_avx2(const float *a, const float *b, uint64_t n)
     return s;
 }
 
-static void axpy_avx2(float a, const float *x, float *y, uint64_t n)
+void cpu_avx2_axpy(float a, const float *x, float *y, uint64_t n)
 {
     __m256 av = _mm256_set1_ps(a);
     uint64_t i = 0;
@@ -158,7 +207,7 @@ static void axpy_avx2(float a, const float *x, float *y, uint64_t n)
 
 /* 4 rows x 2 tokens per pass: 8 accumulators, 6 loads per 8 FMAs (one dot per pair would
  * need 2 loads per FMA). n is a multiple of 8 for every matrix thaw stores (32-blocks). */
-static void dot4xT_avx2(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n)
+void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n)
 {
     const float *w0 = w, *w1 = w + n, *w2 = w + 2 * n, *w3 = w + 3 * n;
     uint32_t t = 0;
@@ -185,14 +234,13 @@ static void dot4xT_avx2(const float *w, const float *x, uint32_t n_tok, float *o
     for (; t < n_tok; t++) {
         float *o = out + (uint64_t)t * out_stride;
         const float *xa = x + (uint64_t)t * n;
-        o[0] = dot_f32_avx2(w0, xa, n), o[1] = dot_f32_avx2(w1, xa, n);
-        o[2] = dot_f32_avx2(w2, xa, n), o[3] = dot_f32_avx2(w3, xa, n);
+        o[0] = cpu_avx2_dot_f32(w0, xa, n), o[1] = cpu_avx2_dot_f32(w1, xa, n);
+        o[2] = cpu_avx2_dot_f32(w2, xa, n), o[3] = cpu_avx2_dot_f32(w3, xa, n);
     }
 }
 
 static const cpu_kernels avx2 = {
-    "avx2", block_sums_avx2, dot_q4_avx2, dot_q8_avx2, row_q4_avx2, row_q8_avx2, dot_f16_avx2, dot_f32_avx2, axpy_avx2,
-    dot4xT_avx2,
+    "avx2", quant_act_avx2, matmul_r16_avx2, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
 };
 
 const cpu_kernels *cpu_kernels_avx2(void)
