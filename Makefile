@@ -90,6 +90,10 @@ $(BUILD)/engine/cpu/kernels_avx2.o: engine/cpu/kernels_avx2.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -O3 -mavx2 -mfma -mf16c -c -o $@ $<
 
+$(BUILD)/engine/cpu/kernels_amx.o: engine/cpu/kernels_amx.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -O3 -mamx-tile -mamx-int8 -mavx512f -mavx512bw -mavx512vl -mf16c -mfma -c -o $@ $<
+
 $(BUILD)/engine/cpu/kernels_avx512.o: engine/cpu/kernels_avx512.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -O3 -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx2 -mfma -mf16c -c -o $@ $<

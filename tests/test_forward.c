@@ -5,7 +5,8 @@
  * quantized matmuls bitwise).
  *
  * Error is normalised: max |ours - ref| / max |ref| over all logits of all positions.
- * Bounds: f16 weights 1e-5 (measured 2e-7: the arithmetic itself, f32 against float64);
+ * Bounds: f16 weights 1e-3 (measured 2.6e-4: the arithmetic itself, f32 activations against
+ * float64, with K/V rounded to f16 in the cache);
  * q8 5e-2 and q4 2.5e-1 (measured 1.7e-2 and 1.3e-1 at worst): the quantization noise of
  * each type on these random weights, which the f16 case shows is not the arithmetic's. */
 #include "../engine/cpu/kernels.h"
@@ -102,7 +103,7 @@ static double run_fixture(const char *name, uint32_t quant, uint32_t target, int
 
 static void check_fixture(const char *name)
 {
-    static const double bound[] = {2.5e-1, 5e-2, 1e-5}; /* q4, q8, f16 */
+    static const double bound[] = {2.5e-1, 5e-2, 1e-3}; /* q4, q8, f16 */
     static const char *const qname[] = {"q4", "q8", "f16"};
     for (uint32_t quant = SNAP_QUANT_Q4; quant <= SNAP_QUANT_F16; quant++)
         for (uint32_t target = SNAP_TARGET_CPU; target <= SNAP_TARGET_CUDA; target++) {
@@ -147,7 +148,7 @@ static int kernel_sets(const cpu_kernels **ks)
  * for each token alone, within 1e-4 of float64 over the dequantized weights. */
 static void check_r16(uint32_t dtype)
 {
-    enum { ROWS = 37, COLS = 256, NB = COLS / 32, T = 11 };
+    enum { ROWS = 37, COLS = 256, NB = COLS / 32, T = 21, TPAD = 32 };
     const cpu_kernels *ks[3];
     int nk = kernel_sets(ks);
     uint64_t bytes = cpu_r16_bytes(dtype, ROWS, COLS);
@@ -184,13 +185,13 @@ static void check_r16(uint32_t dtype)
     for (int i = 0; i < T * COLS; i++)
         x[i] = cosf((float)i * 0.029f) * (i % 32 == 5 ? 40.0f : 1.0f); /* an outlier per block */
     static int16_t x16[3][T * COLS];
-    static float s[3][T * NB], sx[3][T * NB], out[3][T * ROWS], one[T * ROWS];
+    static float s[3][TPAD * NB], sx[3][TPAD * NB], out[3][T * ROWS], one[T * ROWS];
     for (int k = 0; k < nk; k++) {
         cpu_act a = {x16[k], s[k], sx[k], COLS, NB};
         for (uint32_t t = 0; t < T; t++)
             ks[k]->quant_act(x + t * COLS, &a, t);
-        CHECK(memcmp(x16[k], x16[0], sizeof x16[0]) == 0 && memcmp(s[k], s[0], sizeof s[0]) == 0 &&
-              memcmp(sx[k], sx[0], sizeof sx[0]) == 0);
+        CHECK(memcmp(x16[k], x16[0], sizeof x16[0]) == 0 && memcmp(s[k], s[0], T * NB * sizeof(float)) == 0 &&
+              memcmp(sx[k], sx[0], T * NB * sizeof(float)) == 0);
         ks[k]->matmul_r16(&m, 0, m.n_groups, &a, T, out[k], ROWS);
         /* one token at a time, in two group ranges */
         for (uint32_t t = 0; t < T; t++) {
@@ -202,6 +203,18 @@ static void check_r16(uint32_t dtype)
                 memcmp(one, out[k], sizeof one) == 0, memcmp(out[k], out[0], sizeof out[0]) == 0);
         CHECK(memcmp(one, out[k], sizeof one) == 0);
         CHECK(memcmp(out[k], out[0], sizeof out[0]) == 0);
+    }
+    if (cpu_amx_available()) {
+        static uint8_t tiles[TPAD / 16 * NB * CPU_AMX_TILE_BYTES];
+        static float amx[T * ROWS];
+        cpu_act a = {x16[0], s[0], sx[0], COLS, NB};
+        for (uint32_t t = 0; t < T; t++)
+            cpu_amx_prep(&a, t, dtype, tiles);
+        cpu_amx_matmul(&m, 0, m.n_groups, &a, tiles, T, amx, ROWS);
+        fprintf(stderr, "  %s amx: == portable %d\n", dtype == SNAP_Q4 ? "q4" : "q8", memcmp(amx, out[0], sizeof amx) == 0);
+        CHECK(memcmp(amx, out[0], sizeof amx) == 0);
+    } else {
+        fprintf(stderr, "  no AMX on this CPU: the tile kernel is not run\n");
     }
     double worst = 0;
     for (int t = 0; t < T; t++)
@@ -243,6 +256,39 @@ static void test_float_kernels_agree(void)
     v->axpy(0.5f, x, y2, N);
     for (int i = 0; i < N; i++)
         CHECK_NEAR(y[i], y2[i], 1e-6);
+    /* f16 rounding: bitwise the snapshot's converter in every set; SwiGLU within float error */
+    uint16_t f1[N], f2[N];
+    float big[N], g1[N], g2[N];
+    for (int i = 0; i < N; i++)
+        big[i] = x[i] * (float)(1 << (i % 20)) * 1e-3f + (i % 3 ? 0.0f : 1e-7f);
+    p->to_f16(big, f1, N, 1);
+    v->to_f16(big, f2, N, 1);
+    int same = 1;
+    for (int i = 0; i < N; i++)
+        same &= f1[i] == snap_f32_to_f16(big[i]) && f2[i] == f1[i];
+    CHECK(same);
+    for (int i = 0; i < N; i++)
+        g1[i] = g2[i] = x[i] * 4.0f;
+    p->swiglu(g1, y, N);
+    v->swiglu(g2, y, N);
+    for (int i = 0; i < N; i++)
+        CHECK_NEAR(g1[i], g2[i], 1e-5 * (1 + fabs(g1[i])));
+    /* attention over 3 query heads sharing a KV head, 37 positions in 3 blocks */
+    enum { D = 64, NQ = 3, NPOS = 37 };
+    static uint16_t kb[3][D * 16], vb[3][16 * D];
+    static float qh[NQ * D], sc[NQ * (NPOS + 16)], a1[NQ * D], a2[NQ * D];
+    for (int b = 0; b < 3; b++)
+        for (int i = 0; i < D * 16; i++) {
+            kb[b][i] = snap_f32_to_f16(sinf((float)(b * 1000 + i) * 0.7f));
+            vb[b][i] = snap_f32_to_f16(cosf((float)(b * 1000 + i) * 0.3f));
+        }
+    for (int i = 0; i < NQ * D; i++)
+        qh[i] = sinf((float)i * 0.05f) * 2.0f;
+    const uint16_t *kp[3] = {kb[0], kb[1], kb[2]}, *vp[3] = {vb[0], vb[1], vb[2]};
+    p->attend(qh, NQ, D, kp, vp, NPOS, 0.125f, sc, a1);
+    v->attend(qh, NQ, D, kp, vp, NPOS, 0.125f, sc, a2);
+    for (int i = 0; i < NQ * D; i++)
+        CHECK_NEAR(a1[i], a2[i], 1e-5);
     /* the tiled kernel: 4 rows x 5 tokens (an odd count exercises the tail) */
     static float w4[4 * N], xs[5 * N], o1[5 * 7], o2[5 * 7];
     for (int i = 0; i < 4 * N; i++)

@@ -1,9 +1,14 @@
-/* test_logits.c -- the CPU engine on the default model against two independent references
- * reading the same GGUF (tests/ref/make_logits_fixtures.py: 24 prompts, 613 positions):
+/* test_logits.c -- the CPU engine on the default model against three independent references
+ * reading the same GGUF (tests/ref/make_logits_fixtures.py and make_hf_logits_fixture.py: 24
+ * prompts, 613 positions). The engine keeps K/V in f16 and quantizes matmul inputs to int16
+ * per 32 (engine/cpu/kernels.h); both stay far below the quantization of the weights.
  *
  *   exact:     the gguf package's dequantized weights through a float64 NumPy forward.
- *              Bounds: top-1 agreement >= 99.5 % and largest logit difference <= 0.01 over
- *              each position's reference top 32 (measured: 100 %, < 0.001).
+ *              Bounds: top-1 agreement >= 99.5 % and largest logit difference <= 0.05 over
+ *              each position's reference top 32 (measured: 100 %, 0.032).
+ *   transformers: Hugging Face transformers loading the GGUF (dequantized to an f32 PyTorch
+ *              Llama). Bounds: top-1 agreement >= 99 % (the issue's bound), largest logit
+ *              difference <= 0.05, perplexity within 1 %.
  *   llama.cpp: rounds activations to 8 bits and keeps K/V in f16, so it sits ~0.5 logits from
  *              the exact values on average and picks a different top-1 token than the exact
  *              computation at 2.0 % of these positions. Bounds: top-1 agreement >= 97 %,
@@ -116,7 +121,8 @@ static void compare(const char *ref_file, const char *label, double min_agree, d
     eng_model_close(m);
 }
 
-static void test_logits_match_exact(void) { compare("tests/data/logits/exact.bin", "exact float64", 0.995, 0.01); }
+static void test_logits_match_exact(void) { compare("tests/data/logits/exact.bin", "exact float64", 0.995, 0.05); }
+static void test_logits_match_transformers(void) { compare("tests/data/logits/hf.bin", "transformers", 0.99, 0.05); }
 static void test_logits_match_llama_cpp(void) { compare("tests/data/logits/top.bin", "llama.cpp", 0.97, 2.5); }
 
 static void test_perplexity_gpl3(void)
@@ -125,10 +131,11 @@ static void test_perplexity_gpl3(void)
         TEST_SKIP("default model not present (run `make model`)");
     size_t len;
     uint8_t *b = slurp("tests/data/logits/ppl.bin", &len);
-    FILE *fp = fopen("tests/data/logits/ppl.txt", "r");
-    double ref_ppl = 0;
-    REQUIRE(b && fp && fscanf(fp, "%lf", &ref_ppl) == 1);
+    FILE *fp = fopen("tests/data/logits/ppl.txt", "r"), *fh = fopen("tests/data/logits/hf_ppl.txt", "r");
+    double ref_ppl = 0, hf_ppl = 0;
+    REQUIRE(b && fp && fscanf(fp, "%lf", &ref_ppl) == 1 && fh && fscanf(fh, "%lf", &hf_ppl) == 1);
     fclose(fp);
+    fclose(fh);
     uint32_t window, n_windows;
     memcpy(&window, b, 4);
     memcpy(&n_windows, b + 4, 4);
@@ -158,9 +165,10 @@ static void test_perplexity_gpl3(void)
         }
     }
     double ppl = exp(nll / (double)count);
-    fprintf(stderr, "  perplexity on GPL-3 (%u x %u tokens): %.4f, llama.cpp %.4f, ratio %.4f\n", n_windows, window, ppl,
-            ref_ppl, ppl / ref_ppl);
+    fprintf(stderr, "  perplexity on GPL-3 (%u x %u tokens): %.4f; llama.cpp %.4f, ratio %.4f; transformers %.4f, ratio %.4f\n",
+            n_windows, window, ppl, ref_ppl, ppl / ref_ppl, hf_ppl, ppl / hf_ppl);
     CHECK(fabs(ppl / ref_ppl - 1.0) <= 0.01);
+    CHECK(fabs(ppl / hf_ppl - 1.0) <= 0.01);
     free(logits);
     free(b);
     eng_model_close(m);
@@ -169,6 +177,7 @@ static void test_perplexity_gpl3(void)
 int main(void)
 {
     TEST_RUN(test_logits_match_exact);
+    TEST_RUN(test_logits_match_transformers);
     TEST_RUN(test_logits_match_llama_cpp);
     TEST_RUN(test_perplexity_gpl3);
     TEST_END();

@@ -136,7 +136,7 @@ static void test_concurrent_equals_alone(void) { concurrent_equals_alone(0, 0); 
 static void test_preemption_keeps_output(void)
 {
     /* 6 blocks of 16 positions: the largest request needs 5 alone, all six together ~20 */
-    uint64_t per_block = 2ull * 30 * 3 * 16 * 64 * 4;
+    uint64_t per_block = 2ull * 30 * 3 * 16 * 64 * 2; /* K and V, f16 */
     concurrent_equals_alone(per_block * 6, 1);
 }
 
@@ -199,7 +199,7 @@ static void test_random_requests_no_leak(void)
     snap_pack_opts po = {.quant = SNAP_QUANT_Q8};
     REQUIRE(snap_pack("tests/data/hf/llama-tiny", path, &po, &serr) == 0);
     /* a small pool so that preemption and eviction happen */
-    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 4;
+    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16 */
     eng_model *m = open_model(path, per_block * 40, 256);
     REQUIRE(m != NULL);
     eng_engine *e = NULL;

@@ -5,14 +5,19 @@
  * T = tokens in the batch, B = KV blocks, S = 16 slots per block):
  *   weights: token_embd [V, E]; per layer attn_q [H*D, E], attn_k/v [K*D, E], attn_output
  *            [E, H*D], ffn_gate/up [F, E], ffn_down [E, F]; norms [E]; output [V, E] or tied.
- *            All live in the image (host mapping of the snapshot), never copied.
- *   KV pool: k_cache, v_cache: f32 [n_layer][B][K][S][D] (host, allocated once).
+ *            Read in place from the image (host mapping of the snapshot); q4/q8 matrices
+ *            stored in another layout are rearranged into R16 once at load.
+ *   KV pool: k_cache f16 [n_layer][B][K][D][S] (keys transposed per block), v_cache f16
+ *            [n_layer][B][K][S][D] (host, allocated once). f16 as on the GPU and in
+ *            llama.cpp: at 16 sequences the cache outgrows the caches and attention is
+ *            bound by reading it (bench/RESULTS.md).
  *   scratch (host, sized once for max_batch_tokens): x, xb [T][E]; q, att [T][H*D];
- *            k, v [T][K*D]; g, u [T][F]; sx (block sums) [max(E, H*D, F)/32]; rowbuf
- *            [threads][4][max(E, H*D, F)]; rope cos/sin [T][D]; scores [threads][max_ctx].
- * Decode (T = 1) dequantizes weights in registers against f32 activations; prefill (T > 1)
- * dequantizes four weight rows at a time into rowbuf and runs them against every token
- * in a register-tiled kernel (dot4xT).
+ *            k, v [T][K*D]; g, u [T][F]; act (a matmul input quantized to int16) [T][max(E,
+ *            H*D, F)]; rowbuf [threads][4][max(E, H*D, F)]; rope cos/sin [T][D]; scores
+ *            [threads][H/K][max_ctx + S].
+ * Q4/Q8 matmuls are integer dot products over the R16 arrangement of the weights (kernels.h),
+ * the same arithmetic for one token or many; f16/f32 matrices are f32 dots, with four rows
+ * at a time dequantized into rowbuf and run against every token of a batch (dot4xT).
  *
  * Per layer: xb = rmsnorm(x) * attn_norm; q,k,v = W xb (+ bias); rope(q, k); k,v -> cache;
  * att = softmax(q k^T / sqrt(D)) v over the sequence's positions 0..pos; x += Wo att;
@@ -49,13 +54,16 @@ typedef struct cpu_ctx {
     cpu_layer *layers;
     float *inv_freq;                  /* [D/2] after scaling */
     uint32_t max_tokens, max_ctx, n_blocks;
-    float *k_cache, *v_cache;
+    uint16_t *k_cache, *v_cache;      /* f16 */
     /* scratch */
     float *x, *xb, *q, *kx, *vx, *att, *g, *u, *cs;
     cpu_act act;                      /* a quantized matmul's input: [T][widest] int16 + scales */
+    int amx;                          /* batches of AMX_MIN_TOKENS or more run on AMX tiles */
+    uint8_t *tiles;                   /* [T / 16][widest / 32] AMX A operands (kernels.h) */
     float *rowbuf;                    /* [threads][4][widest] f16/f32 weight rows in f32 (prefill) */
     uint64_t widest;
-    float *scores;                    /* [threads][max_ctx] */
+    float *scores;                    /* [threads][group][max_ctx + 16] attention scratch */
+    const uint16_t **blk_ptrs;        /* [threads][2][max_ctx / 16] a sequence's K / V blocks */
 } cpu_ctx;
 
 /* ---- binding weights ------------------------------------------------------------------- */
@@ -164,8 +172,14 @@ static void mat_row_f32(const cpu_mat *m, uint64_t r, float *out)
 /* Up to three matrices sharing one input: their rows are treated as one range split over
  * threads, so q/k/v (and gate/up) run in one parallel region. Quantized matrices split in
  * R16 groups of 16 rows (every group the same bytes per matrix), f16/f32 ones in rows. */
+/* From this many tokens a batch's quantized matmuls run on AMX tiles (when the CPU has
+ * them): a tile product costs the same for 1 or 16 tokens, and below 8 the vector kernel is
+ * as fast (bench/RESULTS.md). The results are bitwise the same either way. */
+#define AMX_MIN_TOKENS 8
+
 typedef struct matmul_task {
     cpu_ctx *cx;
+    int amx;
     uint32_t n_tokens;
     const float *x;          /* [T][cols] input */
     uint32_t n_mats;
@@ -215,7 +229,10 @@ static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
         if (a >= b)
             continue;
         if (is_quant(m)) {
-            t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
+            if (t->amx)
+                cpu_amx_matmul(&m->r16, a, b, &t->cx->act, t->cx->tiles, t->n_tokens, t->out[i], m->rows);
+            else
+                t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
             a *= CPU_R16_ROWS;
             b = b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows;
         } else {
@@ -231,6 +248,7 @@ typedef struct quant_task {
     cpu_ctx *cx;
     const float *x;
     uint32_t n_tokens;
+    uint32_t amx_dtype;      /* also write AMX operands for this dtype, or 0 */
 } quant_task;
 
 static void quant_run(void *arg, uint32_t ith, uint32_t nth)
@@ -238,8 +256,11 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
     quant_task *t = arg;
     uint64_t lo, hi;
     eng_split(t->n_tokens, ith, nth, &lo, &hi);
-    for (uint64_t tok = lo; tok < hi; tok++)
+    for (uint64_t tok = lo; tok < hi; tok++) {
         t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
+        if (t->amx_dtype)
+            cpu_amx_prep(&t->cx->act, (uint32_t)tok, t->amx_dtype, t->cx->tiles);
+    }
 }
 
 /* Runs matmuls that share input x [T][cols] in one parallel region, after quantizing x when
@@ -248,17 +269,19 @@ static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, c
                    float *const *outs, const float *const *biases)
 {
     matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .n_mats = n};
-    int quant = 0;
+    int quant = 0, same = 1;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
         t.out[i] = outs[i];
         t.bias[i] = biases ? biases[i] : NULL;
         quant |= is_quant(mats[i]);
+        same &= mats[i]->dtype == mats[0]->dtype;
     }
     if (quant) {
         cx->act.n = mats[0]->cols;
         cx->act.nb = mats[0]->cols / 32;
-        quant_task q = {cx, x, n_tokens};
+        t.amx = cx->amx && same && n_tokens >= AMX_MIN_TOKENS;
+        quant_task q = {cx, x, n_tokens, t.amx ? mats[0]->dtype : 0};
         if (n_tokens >= 16)
             eng_pool_run(cx->pool, quant_run, &q);
         else
@@ -295,48 +318,37 @@ typedef struct attn_task {
     uint32_t layer;
 } attn_task;
 
-static inline float *kv_at(const cpu_ctx *cx, float *cache, uint32_t layer, int32_t block, uint32_t kvh, uint32_t slot)
+/* KV block `block` of kv head kvh in layer `layer`: D x 16 floats, keys transposed ([D][16])
+ * in k_cache, values as rows ([16][D]) in v_cache (the layouts the attend kernel reads). */
+static inline uint16_t *kv_block(const cpu_ctx *cx, uint16_t *cache, uint32_t layer, int32_t block, uint32_t kvh)
 {
     const snap_config *c = &cx->c;
-    return cache + ((((uint64_t)layer * cx->n_blocks + (uint64_t)block) * c->n_head_kv + kvh) * ENG_BLOCK_TOKENS + slot) *
-                       c->head_dim;
+    return cache + (((uint64_t)layer * cx->n_blocks + (uint64_t)block) * c->n_head_kv + kvh) * ENG_BLOCK_TOKENS * c->head_dim;
 }
 
+/* One work item per (token, KV head): the query heads sharing that KV head go together. */
 static void attn_run(void *arg, uint32_t ith, uint32_t nth)
 {
     attn_task *t = arg;
     cpu_ctx *cx = t->cx;
     const snap_config *c = &cx->c;
     const eng_batch *b = t->b;
-    uint32_t D = c->head_dim, H = c->n_head, group = c->n_head / c->n_head_kv;
+    uint32_t D = c->head_dim, H = c->n_head, K = c->n_head_kv, group = H / K;
     float scale = 1.0f / sqrtf((float)D);
-    float *scores = cx->scores + (uint64_t)ith * cx->max_ctx;
-    uint64_t lo, hi;
-    eng_split((uint64_t)b->n_tokens * H, ith, nth, &lo, &hi);
-    for (uint64_t w = lo; w < hi; w++) {
-        uint32_t tok = (uint32_t)(w / H), h = (uint32_t)(w % H), kvh = h / group;
+    uint32_t max_blk = (cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS;
+    float *sc = cx->scores + (uint64_t)ith * group * (cx->max_ctx + ENG_BLOCK_TOKENS);
+    const uint16_t **kb = cx->blk_ptrs + (uint64_t)ith * 2 * max_blk, **vb = kb + max_blk;
+    /* interleaved, not in halves: a prefill chunk's later tokens attend to more positions */
+    for (uint64_t w = ith; w < (uint64_t)b->n_tokens * K; w += nth) {
+        uint32_t tok = (uint32_t)(w / K), kvh = (uint32_t)(w % K);
         const eng_batch_seq *s = &b->seqs[b->seq[tok]];
-        int32_t p = b->pos[tok];
-        const float *q = cx->q + (uint64_t)tok * H * D + (uint64_t)h * D;
-        float mx = -INFINITY;
-        for (int32_t j = 0; j <= p; j++) {
-            const float *kj = kv_at(cx, cx->k_cache, t->layer, s->blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS);
-            scores[j] = cx->k->dot_f32(q, kj, D) * scale;
-            if (scores[j] > mx)
-                mx = scores[j];
+        uint32_t n_pos = (uint32_t)b->pos[tok] + 1;
+        for (uint32_t i = 0; i < (n_pos + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS; i++) {
+            kb[i] = kv_block(cx, cx->k_cache, t->layer, s->blocks[i], kvh);
+            vb[i] = kv_block(cx, cx->v_cache, t->layer, s->blocks[i], kvh);
         }
-        float sum = 0;
-        for (int32_t j = 0; j <= p; j++) {
-            scores[j] = expf(scores[j] - mx);
-            sum += scores[j];
-        }
-        float *out = cx->att + (uint64_t)tok * H * D + (uint64_t)h * D;
-        memset(out, 0, D * sizeof *out);
-        float inv = 1.0f / sum;
-        for (int32_t j = 0; j <= p; j++) {
-            const float *vj = kv_at(cx, cx->v_cache, t->layer, s->blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS);
-            cx->k->axpy(scores[j] * inv, vj, out, D);
-        }
+        uint64_t q0 = ((uint64_t)tok * H + (uint64_t)kvh * group) * D;
+        cx->k->attend(cx->q + q0, group, D, kb, vb, n_pos, scale, sc, cx->att + q0);
     }
 }
 
@@ -366,26 +378,34 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
                 rope_head(cx->q + (tok * H + h) * D, cs, D, c->rope_style);
             const eng_batch_seq *s = &t->b->seqs[t->b->seq[tok]];
             int32_t p = t->b->pos[tok];
+            uint32_t slot = (uint32_t)p % ENG_BLOCK_TOKENS;
             for (uint32_t h = 0; h < K; h++) {
                 float *kv = cx->kx + (tok * K + h) * D;
                 rope_head(kv, cs, D, c->rope_style);
-                memcpy(kv_at(cx, cx->k_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h, (uint32_t)p % ENG_BLOCK_TOKENS),
-                       kv, D * sizeof(float));
-                memcpy(kv_at(cx, cx->v_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h, (uint32_t)p % ENG_BLOCK_TOKENS),
-                       cx->vx + (tok * K + h) * D, D * sizeof(float));
+                uint16_t *kc = kv_block(cx, cx->k_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h);
+                uint16_t *vc = kv_block(cx, cx->v_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h) + slot * D;
+                cx->k->to_f16(kv, kc + slot, D, ENG_BLOCK_TOKENS);
+                cx->k->to_f16(cx->vx + (tok * K + h) * D, vc, D, 1);
             }
             break;
         }
         case 2: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->ffn_norm, E, c->rms_eps); break;
         case 3: {
-            float *g = cx->g + tok * c->n_ff;
-            const float *u = cx->u + tok * c->n_ff;
-            for (uint32_t i = 0; i < c->n_ff; i++)
-                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+            cx->k->swiglu(cx->g + tok * c->n_ff, cx->u + tok * c->n_ff, c->n_ff);
             break;
         }
         }
     }
+}
+
+/* Per-token ops of a few tokens cost less than waking the pool: run them here. */
+static void run_tokens(cpu_ctx *cx, token_task *tt, int what)
+{
+    tt->what = what;
+    if (tt->b->n_tokens < 4)
+        token_run(tt, 0, 1);
+    else
+        eng_pool_run(cx->pool, token_run, tt);
 }
 
 static void add_into(float *x, const float *y, uint64_t n)
@@ -424,26 +444,23 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const cpu_layer *L = &cx->layers[l];
         token_task tt = {cx, b, l, 0};
-        eng_pool_run(cx->pool, token_run, &tt);
+        run_tokens(cx, &tt, 0);
         const cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {cx->q, cx->kx, cx->vx};
         const float *qkv_bias[3] = {L->bq, L->bk, L->bv};
         matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias);
-        tt.what = 1;
-        eng_pool_run(cx->pool, token_run, &tt);
+        run_tokens(cx, &tt, 1);
         attn_task at = {cx, b, l};
         eng_pool_run(cx->pool, attn_run, &at);
         const cpu_mat *wo[1] = {&L->wo};
         float *wo_out[1] = {cx->xb};
         matmul(cx, T, cx->att, 1, wo, wo_out, NULL);
         add_into(cx->x, cx->xb, (uint64_t)T * E);
-        tt.what = 2;
-        eng_pool_run(cx->pool, token_run, &tt);
+        run_tokens(cx, &tt, 2);
         const cpu_mat *gu[2] = {&L->wg, &L->wu};
         float *gu_out[2] = {cx->g, cx->u};
         matmul(cx, T, cx->xb, 2, gu, gu_out, NULL);
-        tt.what = 3;
-        eng_pool_run(cx->pool, token_run, &tt);
+        run_tokens(cx, &tt, 3);
         const cpu_mat *wd[1] = {&L->wd};
         float *wd_out[1] = {cx->xb};
         matmul(cx, T, cx->g, 1, wd, wd_out, NULL);
@@ -496,8 +513,10 @@ static void cpu_destroy(void *ctx)
     free(cx->act.x16);
     free(cx->act.s);
     free(cx->act.sx);
+    free(cx->tiles);
     free(cx->rowbuf);
     free(cx->scores);
+    free(cx->blk_ptrs);
     free(cx);
 }
 
@@ -555,7 +574,7 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     eng_rope_inv_freq(c, factors, cx->inv_freq);
 
     /* KV pool: the budget, or enough for a full context of 4 sequences by default */
-    uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * sizeof(float);
+    uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * sizeof(uint16_t);
     cx->max_ctx = p->max_ctx ? p->max_ctx : c->n_ctx_train;
     uint64_t budget = p->kv_mem_bytes ? p->kv_mem_bytes : per_block * ((cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS) * 4;
     uint64_t nb = budget / per_block;
@@ -565,9 +584,9 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
         goto fail;
     }
     cx->n_blocks = (uint32_t)nb;
-    uint64_t half = per_block / 2 * nb / sizeof(float);
-    cx->k_cache = calloc(half, sizeof(float));
-    cx->v_cache = calloc(half, sizeof(float));
+    uint64_t half = per_block / 2 * nb / sizeof(uint16_t);
+    cx->k_cache = calloc(half, sizeof(uint16_t));
+    cx->v_cache = calloc(half, sizeof(uint16_t));
 
     uint32_t T = cx->max_tokens = p->max_batch_tokens ? p->max_batch_tokens : 512;
     uint64_t E = c->n_embd, QD = (uint64_t)c->n_head * c->head_dim, KD = (uint64_t)c->n_head_kv * c->head_dim;
@@ -584,13 +603,19 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->u = malloc(T * (uint64_t)c->n_ff * sizeof(float));
     cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
     cx->widest = widest;
+    uint64_t T16 = (T + 15) / 16 * 16; /* AMX reads scales of whole 16-token tiles */
     cx->act.x16 = aligned_alloc(64, (T * widest * sizeof(int16_t) + 63) / 64 * 64);
-    cx->act.s = malloc(T * (widest / 32 + 1) * sizeof(float));
-    cx->act.sx = malloc(T * (widest / 32 + 1) * sizeof(float));
+    cx->act.s = calloc(T16 * (widest / 32 + 1), sizeof(float));
+    cx->act.sx = calloc(T16 * (widest / 32 + 1), sizeof(float));
+    cx->amx = cpu_kernels_use_amx();
+    if (cx->amx && !(cx->tiles = aligned_alloc(64, T16 / 16 * (widest / 32) * CPU_AMX_TILE_BYTES)))
+        goto nomem;
     cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
-    cx->scores = malloc((uint64_t)eng_pool_size(cx->pool) * cx->max_ctx * sizeof(float));
+    uint64_t nth = eng_pool_size(cx->pool), group = c->n_head / c->n_head_kv;
+    cx->scores = malloc(nth * group * (cx->max_ctx + ENG_BLOCK_TOKENS) * sizeof(float));
+    cx->blk_ptrs = malloc(nth * 2 * ((cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS) * sizeof *cx->blk_ptrs);
     if (!cx->k_cache || !cx->v_cache || !cx->x || !cx->xb || !cx->q || !cx->kx || !cx->vx || !cx->att || !cx->g ||
-        !cx->u || !cx->cs || !cx->act.x16 || !cx->act.s || !cx->act.sx || !cx->rowbuf || !cx->scores)
+        !cx->u || !cx->cs || !cx->act.x16 || !cx->act.s || !cx->act.sx || !cx->rowbuf || !cx->scores || !cx->blk_ptrs)
         goto nomem;
     *n_kv_blocks = cx->n_blocks;
     *out = cx;

@@ -167,17 +167,68 @@ static void dot4xT_c(const float *w, const float *x, uint32_t n_tok, float *out,
             out[t * out_stride + (uint64_t)r] = dot_f32_c(w + (uint64_t)r * n, x + (uint64_t)t * n, n);
 }
 
+void cpu_attend_c(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
+                  uint32_t n_pos, float scale, float *sc, float *out)
+{
+    uint32_t n_blk = (n_pos + 15) / 16, stride = n_blk * 16;
+    for (uint32_t h = 0; h < n_q; h++) {
+        const float *qh = q + (uint64_t)h * d;
+        float *s = sc + (uint64_t)h * stride, mx = -INFINITY, sum = 0;
+        for (uint32_t i = 0; i < n_blk; i++) {
+            float acc[16] = {0};
+            for (uint32_t j = 0; j < d; j++)
+                for (int slot = 0; slot < 16; slot++)
+                    acc[slot] += qh[j] * snap_f16_to_f32(k[i][j * 16 + slot]);
+            for (int slot = 0; slot < 16; slot++)
+                s[i * 16 + slot] = acc[slot] * scale;
+        }
+        for (uint32_t p = 0; p < n_pos; p++)
+            mx = s[p] > mx ? s[p] : mx;
+        for (uint32_t p = 0; p < n_pos; p++)
+            sum += s[p] = expf(s[p] - mx);
+        float inv = 1.0f / sum, *o = out + (uint64_t)h * d;
+        memset(o, 0, d * sizeof *o);
+        for (uint32_t p = 0; p < n_pos; p++) {
+            const uint16_t *vp = v[p / 16] + (uint64_t)(p % 16) * d;
+            float w = s[p] * inv;
+            for (uint32_t j = 0; j < d; j++)
+                o[j] += w * snap_f16_to_f32(vp[j]);
+        }
+    }
+}
+
+static void to_f16_c(const float *x, uint16_t *out, uint64_t n, uint64_t stride)
+{
+    for (uint64_t i = 0; i < n; i++)
+        out[i * stride] = snap_f32_to_f16(x[i]);
+}
+
+void cpu_swiglu_c(float *g, const float *u, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 static const cpu_kernels portable = {
-    "portable", quant_act_c, matmul_r16_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c,
+    "portable", quant_act_c, matmul_r16_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c, cpu_attend_c, to_f16_c, cpu_swiglu_c,
 };
 
 const cpu_kernels *cpu_kernels_portable(void) { return &portable; }
 
-/* The best set this CPU runs. THAW_CPU_KERNELS=portable|avx2 caps the choice (benchmarks, or
- * ruling out a kernel when chasing a difference; the quantized matmuls agree bitwise). */
+/* The best set this CPU runs. THAW_CPU_KERNELS=portable|avx2|avx512 caps the choice
+ * (benchmarks, or ruling out a kernel when chasing a difference; the quantized matmuls agree
+ * bitwise whichever runs); unset, or amx, lets batches use AMX tiles too. */
+int cpu_kernels_use_amx(void)
+{
+    const char *want = getenv("THAW_CPU_KERNELS");
+    return (!want || !strcmp(want, "amx")) && cpu_kernels_avx512() && cpu_amx_available();
+}
+
 const cpu_kernels *cpu_kernels_get(void)
 {
     const char *want = getenv("THAW_CPU_KERNELS");
+    if (want && !strcmp(want, "amx"))
+        want = NULL;
     const cpu_kernels *k = NULL;
     if (!want || !strcmp(want, "avx512"))
         k = cpu_kernels_avx512();

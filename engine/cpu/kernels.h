@@ -78,18 +78,45 @@ typedef struct cpu_kernels {
     /* Batched f32 rows x tokens: out[t * out_stride + r] = w[r * n ..] . x[t * n ..] for r < 4,
      * t < n_tok (w: 4 rows, contiguous), each weight row reused across tokens in registers. */
     void (*dot4xT)(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n);
+    /* Attention of n_q query heads q[n_q][d] sharing one KV head over positions 0..n_pos-1,
+     * kept in f16 KV blocks of 16 positions: k[i] is block i's keys transposed, [d][16],
+     * v[i] its values, [16][d]. out[n_q][d] = softmax(scale * q k^T) v; sc: n_q * (n_pos +
+     * 16) floats of scratch. */
+    void (*attend)(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
+                   uint32_t n_pos, float scale, float *sc, float *out);
+    /* out[i * stride] = x[i] rounded to f16 (to nearest, ties to even: the same bits in every set) */
+    void (*to_f16)(const float *x, uint16_t *out, uint64_t n, uint64_t stride);
+    /* g[i] = silu(g[i]) * u[i] */
+    void (*swiglu)(float *g, const float *u, uint64_t n);
 } cpu_kernels;
 
 const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */
+int cpu_kernels_use_amx(void);                  /* batches may use cpu_amx_matmul (below) */
 const cpu_kernels *cpu_kernels_portable(void);  /* always available (tests compare them all) */
 const cpu_kernels *cpu_kernels_avx2(void);      /* NULL when the CPU lacks AVX2/FMA/F16C */
 const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/VNNI */
+
+/* AMX (kernels_amx.c): the quantized matmul for batches, bitwise equal to matmul_r16.
+ * cpu_amx_prep writes token t's activations (quantized in a) into tiles, laid out for
+ * matrices of the given dtype: per 16-token tile and block, CPU_AMX_TILE_BYTES of A
+ * operands (high bytes [16][32], low bytes [16][32]) and the tokens' s[16] and sx[16].
+ * cpu_amx_matmul then runs like matmul_r16, reading a's scales from tiles. */
+#define CPU_AMX_TILE_BYTES 1152
+int cpu_amx_available(void);
+void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+                    float *out, uint64_t out_stride);
 
 /* The AVX2 set's f16/f32 kernels, which the AVX-512 set shares. */
 float cpu_avx2_dot_f16(const uint16_t *w, const float *x, uint64_t n);
 float cpu_avx2_dot_f32(const float *a, const float *b, uint64_t n);
 void cpu_avx2_axpy(float a, const float *x, float *y, uint64_t n);
 void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out, uint64_t out_stride, uint64_t n);
+void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride);
+/* The portable attention and SwiGLU, which the AVX2 set also uses. */
+void cpu_swiglu_c(float *g, const float *u, uint64_t n);
+void cpu_attend_c(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
+                  uint32_t n_pos, float scale, float *sc, float *out);
 
 /* R16 bytes for a matrix: n_groups * nb * unit. */
 uint64_t cpu_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols);

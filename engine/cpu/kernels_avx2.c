@@ -239,8 +239,15 @@ void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out,
     }
 }
 
+void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride)
+{
+    for (uint64_t i = 0; i < n; i++)
+        out[i * stride] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
+}
+
 static const cpu_kernels avx2 = {
     "avx2", quant_act_avx2, matmul_r16_avx2, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
+    cpu_attend_c, cpu_avx2_to_f16, cpu_swiglu_c,
 };
 
 const cpu_kernels *cpu_kernels_avx2(void)

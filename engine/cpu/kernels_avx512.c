@@ -12,6 +12,7 @@
 #include "snapshot.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #define TILE 8 /* tokens per pass: 8 int32 sums + 8 f32 accumulators + 4 weights + scales fit the 32 registers */
@@ -137,8 +138,144 @@ static void quant_act_avx512(const float *x, const cpu_act *a, uint32_t t)
     }
 }
 
+/* e^x as 2^n e^r, |r| <= ln2/2, with e^r by its Taylor series to r^6 (truncation below 2e-7
+ * relative, about an ulp). Below -104 it is 0; above 88.7 it overflows to inf. */
+static inline __m512 exp_neg(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static void swiglu_avx512(float *g, const float *u, uint64_t n)
+{
+    uint64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_loadu_ps(g + i);
+        __m512 e = exp_neg(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
+    }
+    cpu_swiglu_c(g + i, u + i, n - i);
+}
+
+#define ATT_MAXQ 8 /* query heads per KV head handled together (GQA groups are 1..8) */
+
+/* Scores of NQ heads (a compile-time count after inlining, so the accumulators stay in
+ * registers) against keys 16 positions at a time: one zmm per key dimension (the block is
+ * stored transposed), every head multiplied against each load. Positions past n_pos get
+ * -inf; mx[h] collects each head's running maximum. */
+static inline __m512 ld16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
+
+static inline __attribute__((always_inline)) void keys(const float *q, uint32_t d, const uint16_t *const *k,
+                                                       uint32_t n_pos, float scale, float *sc, uint32_t stride,
+                                                       __m512 *mx, const int NQ)
+{
+    for (int h = 0; h < NQ; h++)
+        mx[h] = _mm512_set1_ps(-INFINITY);
+    for (uint32_t i = 0; i * 16 < n_pos; i++) {
+        if ((i + 1) * 16 < n_pos) /* the next block is elsewhere in the pool: fetch it now */
+            for (uint32_t l = 0; l < d * 32; l += 64)
+                _mm_prefetch((const char *)k[i + 1] + l, _MM_HINT_T0);
+        __m512 acc[ATT_MAXQ];
+        for (int h = 0; h < NQ; h++)
+            acc[h] = _mm512_setzero_ps();
+        for (uint32_t j = 0; j < d; j++) {
+            __m512 kj = ld16(k[i] + j * 16);
+            for (int h = 0; h < NQ; h++)
+                acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * d + j]), kj, acc[h]);
+        }
+        uint32_t left = n_pos - i * 16;
+        __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        for (int h = 0; h < NQ; h++) {
+            __m512 sv = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
+            _mm512_storeu_ps(sc + h * stride + i * 16, sv);
+            mx[h] = _mm512_max_ps(mx[h], sv);
+        }
+    }
+}
+
+/* out[h] = inv[h] * sum_p w[h][p] v[p] for HC heads of NC x 16 dimensions: each value row is
+ * loaded once for all HC heads (HC * NC accumulators in registers). */
+static inline __attribute__((always_inline)) void values(const float *sc, uint32_t stride, const uint16_t *const *v,
+                                                         uint32_t n_pos, const float *inv, float *out, const int NC,
+                                                         const int HC)
+{
+    __m512 o[24];
+    for (int i = 0; i < HC * NC; i++)
+        o[i] = _mm512_setzero_ps();
+    for (uint32_t p = 0; p < n_pos; p++) {
+        const uint16_t *vp = v[p / 16] + (uint64_t)(p % 16) * NC * 16;
+        if (p % 16 == 0 && p + 16 < n_pos)
+            for (int l = 0; l < NC * 16 * 16 * 2; l += 64)
+                _mm_prefetch((const char *)v[p / 16 + 1] + l, _MM_HINT_T0);
+        for (int c = 0; c < NC; c++) {
+            __m512 vc = ld16(vp + 16 * c);
+            for (int h = 0; h < HC; h++)
+                o[h * NC + c] = _mm512_fmadd_ps(_mm512_set1_ps(sc[h * stride + p]), vc, o[h * NC + c]);
+        }
+    }
+    for (int h = 0; h < HC; h++)
+        for (int c = 0; c < NC; c++)
+            _mm512_storeu_ps(out + (h * NC + c) * 16, _mm512_mul_ps(o[h * NC + c], _mm512_set1_ps(inv[h])));
+}
+
+#define KEYS(n) \
+    case n: keys(q, d, k, n_pos, scale, sc, stride, mx, n); break;
+#define VALUES(nc, hc) \
+    case hc: values(sc + h0 * stride, stride, v, n_pos, inv + h0, out + h0 * d, nc, hc); break;
+
+/* Attention for head dims 64 and 128 (others take the portable path). */
+static void attend_avx512(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
+                          uint32_t n_pos, float scale, float *sc, float *out)
+{
+    if ((d != 64 && d != 128) || n_q > ATT_MAXQ) {
+        cpu_attend_c(q, n_q, d, k, v, n_pos, scale, sc, out);
+        return;
+    }
+    uint32_t stride = (n_pos + 15) / 16 * 16;
+    __m512 mx[ATT_MAXQ];
+    switch (n_q) {
+        KEYS(1) KEYS(2) KEYS(3) KEYS(4) KEYS(5) KEYS(6) KEYS(7) KEYS(8)
+    }
+    float inv[ATT_MAXQ];
+    for (uint32_t h = 0; h < n_q; h++) {
+        __m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx[h])), sum = _mm512_setzero_ps();
+        float *sh = sc + h * stride;
+        for (uint32_t i = 0; i < stride; i += 16) {
+            __m512 e = exp_neg(_mm512_sub_ps(_mm512_loadu_ps(sh + i), mv));
+            _mm512_storeu_ps(sh + i, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[h] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    uint32_t hmax = d == 64 ? 6 : 3;
+    for (uint32_t h0 = 0; h0 < n_q; h0 += hmax) {
+        uint32_t hc = n_q - h0 < hmax ? n_q - h0 : hmax;
+        if (d == 64) {
+            switch (hc) {
+                VALUES(4, 1) VALUES(4, 2) VALUES(4, 3) VALUES(4, 4) VALUES(4, 5) VALUES(4, 6)
+            }
+        } else {
+            switch (hc) {
+                VALUES(8, 1) VALUES(8, 2) VALUES(8, 3)
+            }
+        }
+    }
+}
+
 static const cpu_kernels avx512 = {
     "avx512", quant_act_avx512, matmul_r16_avx512, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
+    attend_avx512, cpu_avx2_to_f16, swiglu_avx512,
 };
 
 const cpu_kernels *cpu_kernels_avx512(void)

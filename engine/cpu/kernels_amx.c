@@ -1,0 +1,242 @@
+/* kernels_amx.c -- the quantized matmul on AMX tiles, for batches (prefill, batched decode).
+ * This file alone is compiled with -mamx-tile -mamx-int8 and the AVX-512 flags;
+ * cpu_amx_available() checks the CPU and asks Linux for the tile state first.
+ *
+ * The arithmetic is the other kernels' (kernels.h), exactly: the int16 activations split
+ * into a signed high and an unsigned low byte, x16 = 256 h + l, and two int8 tile products
+ * give the exact integer block sums, isum = 256 (A_h B) + (A_l B). With A = 16 tokens x 32
+ * activations of one block and B = that block's 32 weights of a 16-row group, a product is
+ * a 16 tokens x 16 rows tile of block sums; its rows (one token, 16 weight rows in lanes) go
+ * through the same f32 epilogue as the AVX-512 kernel's lanes. So results are bitwise equal
+ * to the vector kernels' for every batch.
+ *
+ * B is read straight from R16: a Q8 block's 8 quant chunks of 64 bytes are the 8 rows of B
+ * (4 consecutive K entries of each of 16 weight rows), and a Q4 block's 4 chunks become 8
+ * rows by splitting each byte's nibbles. The K order this gives is a permutation of the
+ * block's 32 weights (pi below); A is built with the same permutation. */
+#include "kernels.h"
+
+#if defined(__x86_64__)
+#include "snapshot.h"
+
+#include <cpuid.h>
+#include <immintrin.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct tile_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tile_config;
+
+int cpu_amx_available(void)
+{
+    static int state = -1; /* computed once; the answer is the same from every thread */
+    if (__atomic_load_n(&state, __ATOMIC_ACQUIRE) >= 0)
+        return state;
+    unsigned a, b, c, d;
+    int ok = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 24 & 1) && (d >> 25 & 1) &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni") &&
+             syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    __atomic_store_n(&state, ok, __ATOMIC_RELEASE);
+    return ok;
+}
+
+/* pi: position k of a block's K order holds weight 8 (k / 8) + pi[k % 8] */
+static const uint8_t pi_q4[8] = {0, 4, 1, 5, 2, 6, 3, 7}, pi_q8[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
+{
+    const uint8_t *pi = dtype == SNAP_Q4 ? pi_q4 : pi_q8;
+    uint16_t idx[32];
+    for (int k = 0; k < 32; k++)
+        idx[k] = (uint16_t)(8 * (k / 8) + pi[k % 8]);
+    __m512i perm = _mm512_loadu_si512(idx), lowb = _mm512_set1_epi16(0xff);
+    uint8_t *dst = tiles + (uint64_t)(t / 16) * a->nb * CPU_AMX_TILE_BYTES;
+    const int16_t *x = a->x16 + (uint64_t)t * a->n;
+    for (uint64_t b = 0; b < a->nb; b++, dst += CPU_AMX_TILE_BYTES) {
+        __m512i v = _mm512_permutexvar_epi16(perm, _mm512_loadu_si512(x + 32 * b));
+        _mm256_storeu_si256((__m256i *)(dst + (t % 16) * 32), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
+        _mm256_storeu_si256((__m256i *)(dst + 512 + (t % 16) * 32), _mm512_cvtepi16_epi8(_mm512_and_si512(v, lowb)));
+        ((float *)(dst + 1024))[t % 16] = a->s[(uint64_t)t * a->nb + b];
+        ((float *)(dst + 1088))[t % 16] = a->sx[(uint64_t)t * a->nb + b];
+    }
+}
+
+/* Tiles: 0 / 1 A high / low bytes (16 tokens x 32), 2 / 5 B of even / odd blocks (8 x 64),
+ * 3-4 / 6-7 the two products of even / odd blocks (16 x 16 int32). Blocks alternate between
+ * the two sets so a block's products are being computed while the previous block's go
+ * through the f32 epilogue. */
+static void configure(void)
+{
+    tile_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    cfg.rows[0] = cfg.rows[1] = 16, cfg.colsb[0] = cfg.colsb[1] = 32;
+    cfg.rows[2] = cfg.rows[5] = 8, cfg.colsb[2] = cfg.colsb[5] = 64;
+    for (int i = 3; i <= 7; i++)
+        if (i != 5)
+            cfg.rows[i] = 16, cfg.colsb[i] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+typedef struct group_ctx {
+    const uint8_t *quants, *dp, *mp, *at;
+    uint64_t nb, qb;
+    uint32_t t0, n;
+    int q4;
+} group_ctx;
+
+/* Q4 block b's B operand: its nibbles split into bytes in buf. A tile load of bytes vector
+ * stores wrote moments ago waits for those stores to complete, so blocks are split
+ * EXPAND_AHEAD blocks before their products (a ring of EXPAND_AHEAD + 2 buffers). */
+#define EXPAND_AHEAD 2
+
+static inline __attribute__((always_inline)) void expand_q4(const group_ctx *g, uint64_t b, uint8_t *buf)
+{
+    const uint8_t *u = g->quants + b * g->qb;
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    for (int j = 0; j < 4; j++) {
+        __m512i v = _mm512_load_si512((const void *)(u + 64 * j));
+        _mm512_store_si512(buf + 128 * j, _mm512_and_si512(v, nib));
+        _mm512_store_si512(buf + 128 * j + 64, _mm512_and_si512(_mm512_srli_epi32(v, 4), nib));
+    }
+}
+
+/* B for block b: Q8 quants are B as stored; Q4 from the ring. */
+static inline __attribute__((always_inline)) const uint8_t *b_operand(const group_ctx *g, uint64_t b,
+                                                                      uint8_t (*ring)[512])
+{
+    const uint8_t *u = g->quants + b * g->qb;
+    _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES, _MM_HINT_T0);
+    if (!g->q4)
+        return u;
+    if (b + EXPAND_AHEAD < g->nb)
+        expand_q4(g, b + EXPAND_AHEAD, ring[(b + EXPAND_AHEAD) % (EXPAND_AHEAD + 2)]);
+    return ring[b % (EXPAND_AHEAD + 2)];
+}
+
+/* The f32 epilogue of one block for token row t of the products in c (the vector kernels'
+ * steps on the same lanes). Sixteen named accumulators, not an array: tile stores clobber
+ * memory for the compiler, and an array would be kept there. */
+#define EPI_T(t)                                                                                                   \
+    do {                                                                                                           \
+        __m512i is = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c_ + 16 * t), 8),                       \
+                                      _mm512_load_si512(c_ + 256 + 16 * t));                                       \
+        acc##t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(d_, _mm512_set1_ps(s_[t])), acc##t);       \
+        if (q4)                                                                                                    \
+            acc##t = _mm512_fmadd_ps(m_, _mm512_set1_ps(s_[16 + t]), acc##t);                                      \
+    } while (0)
+
+#define EPILOGUE(blk, cbuf)                                                                                        \
+    do {                                                                                                           \
+        const int32_t *c_ = (cbuf);                                                                                \
+        const float *s_ = (const float *)(g.at + (blk) * CPU_AMX_TILE_BYTES + 1024); /* s[16], sx[16] */          \
+        __m512 d_ = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(g.dp + 32 * (blk))));                      \
+        __m512 m_ = q4 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(g.mp + 32 * (blk)))) : d_;           \
+        EPI_T(0); EPI_T(1); EPI_T(2); EPI_T(3); EPI_T(4); EPI_T(5); EPI_T(6); EPI_T(7);                            \
+        EPI_T(8); EPI_T(9); EPI_T(10); EPI_T(11); EPI_T(12); EPI_T(13); EPI_T(14); EPI_T(15);                      \
+    } while (0)
+
+/* The epilogue of block b runs after block b + LAG's products are issued: a vector load of
+ * a product stored moments ago waits for the tile store to complete. */
+#define LAG 2
+
+#define PRODUCTS(B, CH, CL, q4)                                  \
+    do {                                                         \
+        _tile_zero(CH);                                          \
+        _tile_zero(CL);                                          \
+        if (q4) {                                                \
+            _tile_dpbsud(CH, 0, B); /* signed high x nibbles */  \
+            _tile_dpbuud(CL, 1, B); /* unsigned low x nibbles */ \
+        } else {                                                 \
+            _tile_dpbssd(CH, 0, B);                              \
+            _tile_dpbusd(CL, 1, B);                              \
+        }                                                        \
+    } while (0)
+
+/* The tile load intrinsic does not tell the compiler it reads memory: a barrier keeps the
+ * stores of a ring buffer before the load that reads it. */
+#define LOAD_TILE(t, p, stride)                   \
+    do {                                          \
+        __asm__ volatile("" ::: "memory");        \
+        _tile_loadd(t, p, stride);                \
+    } while (0)
+
+#define STORE(t)                                                                                    \
+    if (t < n)                                                                                      \
+        _mm512_mask_storeu_ps(out + (uint64_t)(t0 + t) * out_stride + gi * CPU_R16_ROWS, keep, acc##t);
+
+static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64_t gi, const uint8_t *tiles,
+                                                        uint32_t t0, uint32_t n, float *out, uint64_t out_stride,
+                                                        const int q4)
+{
+    group_ctx g;
+    g.nb = w->nb, g.qb = q4 ? 256 : 512, g.t0 = t0, g.n = n, g.q4 = q4;
+    g.quants = w->base + gi * g.nb * (q4 ? CPU_R16_Q4_UNIT : CPU_R16_Q8_UNIT);
+    g.dp = g.quants + g.nb * g.qb, g.mp = g.dp + g.nb * 32;
+    g.at = tiles + (uint64_t)(t0 / 16) * g.nb * CPU_AMX_TILE_BYTES;
+    _Alignas(64) uint8_t ring[EXPAND_AHEAD + 2][512];
+    _Alignas(64) int32_t c[LAG + 1][512];
+    for (uint64_t b = 0; q4 && b < EXPAND_AHEAD && b < g.nb; b++)
+        expand_q4(&g, b, ring[b]);
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0, acc6 = acc0,
+           acc7 = acc0, acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0, acc12 = acc0, acc13 = acc0,
+           acc14 = acc0, acc15 = acc0;
+    for (uint64_t b = 0; b < g.nb; b++) {
+        const uint8_t *at = g.at + b * CPU_AMX_TILE_BYTES;
+        int32_t *cb = c[b % (LAG + 1)];
+        if (b % 2 == 0) {
+            LOAD_TILE(2, b_operand(&g, b, ring), 64);
+            LOAD_TILE(0, at, 32);
+            LOAD_TILE(1, at + 512, 32);
+            PRODUCTS(2, 3, 4, q4);
+            _tile_stored(3, cb, 64);
+            _tile_stored(4, cb + 256, 64);
+        } else {
+            LOAD_TILE(5, b_operand(&g, b, ring), 64);
+            LOAD_TILE(0, at, 32);
+            LOAD_TILE(1, at + 512, 32);
+            PRODUCTS(5, 6, 7, q4);
+            _tile_stored(6, cb, 64);
+            _tile_stored(7, cb + 256, 64);
+        }
+        if (b >= LAG)
+            EPILOGUE(b - LAG, c[(b - LAG) % (LAG + 1)]);
+    }
+    for (uint64_t b = g.nb > LAG ? g.nb - LAG : 0; b < g.nb; b++)
+        EPILOGUE(b, c[b % (LAG + 1)]);
+    uint64_t left = w->rows - gi * CPU_R16_ROWS;
+    __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)
+    STORE(8) STORE(9) STORE(10) STORE(11) STORE(12) STORE(13) STORE(14) STORE(15)
+}
+
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+                    float *out, uint64_t out_stride)
+{
+    configure();
+    for (uint32_t t0 = 0; t0 < n_tok; t0 += 16) {
+        uint32_t n = n_tok - t0 < 16 ? n_tok - t0 : 16;
+        for (uint64_t g = g0; g < g1; g++) {
+            if (w->dtype == SNAP_Q4)
+                group(w, g, tiles, t0, n, out, out_stride, 1);
+            else
+                group(w, g, tiles, t0, n, out, out_stride, 0);
+        }
+    }
+    _tile_release();
+}
+#else
+int cpu_amx_available(void) { return 0; }
+void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+                    float *out, uint64_t out_stride)
+{
+}
+#endif
