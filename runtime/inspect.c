@@ -81,7 +81,7 @@ static void print_tensors(const snap_file *f)
             k += snprintf(shape + k, sizeof shape - (size_t)k, "%s%llu", d ? ", " : "", (unsigned long long)t->shape[d]);
         snprintf(shape + k, sizeof shape - (size_t)k, "]");
         printf("%-32s %-5s %-6s %-22s %12llu %12llu\n", t->name, snap_dtype_name(t->dtype),
-               t->layout == SNAP_LAYOUT_SPLIT ? "split" : "blocks", shape, (unsigned long long)t->offset,
+               t->layout == SNAP_LAYOUT_SPLIT ? "split" : t->layout == SNAP_LAYOUT_R16 ? "r16" : "blocks", shape, (unsigned long long)t->offset,
                (unsigned long long)t->size);
     }
 }

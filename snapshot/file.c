@@ -311,7 +311,9 @@ static int parse_tensors(snap_file *f, uint64_t off, uint32_t n, snap_err *err)
             rc = snap_fail(err, SNAP_EUNSUPPORTED, "%s: tensor '%s': unknown type %u", f->path, t->name, t->dtype);
             goto done;
         }
-        if (t->layout > SNAP_LAYOUT_SPLIT || (t->layout == SNAP_LAYOUT_SPLIT && t->dtype != SNAP_Q4 && t->dtype != SNAP_Q8)) {
+        int quant = t->dtype == SNAP_Q4 || t->dtype == SNAP_Q8;
+        if (t->layout > SNAP_LAYOUT_R16 || (t->layout != SNAP_LAYOUT_BLOCKS && !quant) ||
+            (t->layout == SNAP_LAYOUT_R16 && (t->n_dims != 2 || t->shape[0] % SNAP_R16_ROWS))) {
             rc = snap_fail(err, SNAP_EFORMAT, "%s: tensor '%s': layout %u invalid for type %s", f->path, t->name,
                            t->layout, snap_dtype_name(t->dtype));
             goto done;

@@ -259,6 +259,22 @@ static void to_split(const snap_tensor *t, const uint8_t *blocks, uint8_t *out)
     }
 }
 
+/* BLOCKS bytes -> R16 (FORMAT.md); rows are a multiple of 16, so the size is the same. */
+static void to_r16(const snap_tensor *t, const uint8_t *blocks, uint8_t *out)
+{
+    uint32_t bb = t->dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES;
+    uint64_t nb = t->shape[1] / SNAP_QBLOCK;
+    for (uint64_t r = 0; r < t->shape[0]; r++)
+        for (uint64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = blocks + (r * nb + b) * bb;
+            int8_t q[32];
+            for (int j = 0; j < 32; j++)
+                q[j] = t->dtype == SNAP_Q4 ? (int8_t)(j < 16 ? blk[4 + j] & 15 : blk[4 + j - 16] >> 4) : (int8_t)blk[2 + j];
+            snap_r16_put(out, t->dtype, nb, r, b, (uint16_t)(blk[0] | blk[1] << 8),
+                         t->dtype == SNAP_Q4 ? (uint16_t)(blk[2] | blk[3] << 8) : 0, q);
+        }
+}
+
 /* ---- metadata ------------------------------------------------------------------------- */
 
 static uint64_t vocab_bytes(const snap_vocab *v)
@@ -363,8 +379,11 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         t->n_dims = s->n_dims;
         memcpy(t->shape, s->shape, sizeof t->shape);
         t->dtype = choose_dtype(s, quant);
-        t->layout = target == SNAP_TARGET_CUDA && (t->dtype == SNAP_Q4 || t->dtype == SNAP_Q8) ? SNAP_LAYOUT_SPLIT
-                                                                                               : SNAP_LAYOUT_BLOCKS;
+        int quant2d = (t->dtype == SNAP_Q4 || t->dtype == SNAP_Q8) && t->n_dims == 2;
+        t->layout = !quant2d                           ? SNAP_LAYOUT_BLOCKS
+                    : target == SNAP_TARGET_CUDA       ? SNAP_LAYOUT_SPLIT
+                    : t->shape[0] % SNAP_R16_ROWS == 0 ? SNAP_LAYOUT_R16
+                                                       : SNAP_LAYOUT_BLOCKS;
         t->size = snap_tensor_bytes(t->dtype, t->n_dims, t->shape);
         if (t->size == 0) {
             rc = snap_fail(err, SNAP_EFORMAT, "tensor '%s': shape cannot be stored as %s", s->name,
@@ -426,9 +445,9 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
     w.comp = malloc((size_t)LZ4_compressBound((int)chunk_size));
     w.chunks = calloc(n_chunks, sizeof *w.chunks);
     tbuf = malloc(max_bytes);
-    sbuf = target == SNAP_TARGET_CUDA ? malloc(max_bytes) : NULL;
+    sbuf = malloc(max_bytes); /* the tensor rearranged (SPLIT / R16) */
     row = malloc(max_cols * sizeof *row);
-    if (!meta || !w.buf || !w.comp || !w.chunks || !tbuf || !row || (target == SNAP_TARGET_CUDA && !sbuf)) {
+    if (!meta || !w.buf || !w.comp || !w.chunks || !tbuf || !row || !sbuf) {
         rc = snap_fail(err, SNAP_ENOMEM, "pack: out of memory (largest tensor %llu bytes)", (unsigned long long)max_bytes);
         goto fail;
     }
@@ -453,6 +472,9 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         const uint8_t *bytes = tbuf;
         if (t->layout == SNAP_LAYOUT_SPLIT) {
             to_split(t, tbuf, sbuf);
+            bytes = sbuf;
+        } else if (t->layout == SNAP_LAYOUT_R16) {
+            to_r16(t, tbuf, sbuf);
             bytes = sbuf;
         }
         if ((rc = emit(&w, bytes, t->size, err)))

@@ -387,6 +387,95 @@ void snap_dequant_q8_row(const uint8_t *src, float *dst, uint64_t n)
     dq_q8_0(src, dst, n);
 }
 
+/* ---- R16 (FORMAT.md) -------------------------------------------------------------------- */
+
+static uint64_t r16_unit(uint32_t dtype) { return dtype == SNAP_Q4 ? 320 : 544; }
+static uint64_t r16_qbytes(uint32_t dtype) { return dtype == SNAP_Q4 ? 256 : 512; }
+
+uint64_t snap_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols)
+{
+    return (rows + SNAP_R16_ROWS - 1) / SNAP_R16_ROWS * (cols / SNAP_QBLOCK) * r16_unit(dtype);
+}
+
+/* Where block b of row r keeps its quants (row 0 of the group's chunks), d and m. */
+static void r16_locate(const uint8_t *base, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint64_t *q,
+                       uint64_t *d, uint64_t *m)
+{
+    uint64_t grp = r / SNAP_R16_ROWS * nb * r16_unit(dtype), i = r % SNAP_R16_ROWS;
+    *q = grp + b * r16_qbytes(dtype) + 4 * i;
+    *d = grp + nb * r16_qbytes(dtype) + b * 32 + 2 * i;
+    *m = *d + nb * 32;
+    (void)base;
+}
+
+void snap_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
+                  const int8_t q[32])
+{
+    uint64_t qo, dof, mo;
+    r16_locate(dst, dtype, nb, r, b, &qo, &dof, &mo);
+    if (dtype == SNAP_Q4) {
+        for (int j = 0; j < 4; j++) {
+            uint32_t word = 0;
+            for (int p = 0; p < 4; p++)
+                word |= (uint32_t)(q[8 * j + 2 * p] & 15) << 4 * p | (uint32_t)(q[8 * j + 2 * p + 1] & 15) << (16 + 4 * p);
+            snap_wr32(dst + qo + 64 * j, word);
+        }
+        dst[mo] = (uint8_t)m, dst[mo + 1] = (uint8_t)(m >> 8);
+    } else {
+        for (int j = 0; j < 8; j++) {
+            uint8_t *w = dst + qo + 64 * j;
+            w[0] = (uint8_t)q[4 * j], w[1] = (uint8_t)q[4 * j + 2], w[2] = (uint8_t)q[4 * j + 1], w[3] = (uint8_t)q[4 * j + 3];
+        }
+    }
+    dst[dof] = (uint8_t)d, dst[dof + 1] = (uint8_t)(d >> 8);
+}
+
+void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t *d, uint16_t *m,
+                  int8_t q[32])
+{
+    uint64_t qo, dof, mo;
+    r16_locate(src, dtype, nb, r, b, &qo, &dof, &mo);
+    if (dtype == SNAP_Q4) {
+        for (int j = 0; j < 4; j++) {
+            uint32_t word = snap_rd32(src + qo + 64 * j);
+            for (int p = 0; p < 4; p++) {
+                q[8 * j + 2 * p] = (int8_t)(word >> 4 * p & 15);
+                q[8 * j + 2 * p + 1] = (int8_t)(word >> (16 + 4 * p) & 15);
+            }
+        }
+        *m = (uint16_t)(src[mo] | src[mo + 1] << 8);
+    } else {
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *w = src + qo + 64 * j;
+            q[4 * j] = (int8_t)w[0], q[4 * j + 2] = (int8_t)w[1], q[4 * j + 1] = (int8_t)w[2], q[4 * j + 3] = (int8_t)w[3];
+        }
+        *m = 0;
+    }
+    *d = (uint16_t)(src[dof] | src[dof + 1] << 8);
+}
+
+void snap_r16_to_split(const snap_tensor *t, const uint8_t *src, uint8_t *dst)
+{
+    uint64_t rows = t->shape[0], nb = t->shape[1] / SNAP_QBLOCK, total = rows * nb;
+    uint32_t qb = t->dtype == SNAP_Q4 ? 16 : 32;
+    uint8_t *q = dst, *sc = dst + total * qb, *mn = sc + total * 2;
+    for (uint64_t r = 0; r < rows; r++)
+        for (uint64_t b = 0; b < nb; b++) {
+            uint16_t d, m;
+            int8_t v[32];
+            uint64_t k = r * nb + b;
+            snap_r16_get(src, t->dtype, nb, r, b, &d, &m, v);
+            sc[2 * k] = (uint8_t)d, sc[2 * k + 1] = (uint8_t)(d >> 8);
+            if (t->dtype == SNAP_Q4) {
+                mn[2 * k] = (uint8_t)m, mn[2 * k + 1] = (uint8_t)(m >> 8);
+                for (int j = 0; j < 16; j++)
+                    q[k * 16 + j] = (uint8_t)(v[j] | v[j + 16] << 4);
+            } else {
+                memcpy(q + k * 32, v, 32);
+            }
+        }
+}
+
 void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t row, float *out)
 {
     uint64_t cols = t->shape[t->n_dims - 1], rows = t->size / snap_tensor_bytes(t->dtype, 1, &cols);
@@ -405,6 +494,17 @@ void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t ro
     case SNAP_Q4:
     case SNAP_Q8: {
         uint32_t bb = t->dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES;
+        if (t->layout == SNAP_LAYOUT_R16) {
+            for (uint64_t b = 0; b < nb; b++) {
+                uint16_t d, m;
+                int8_t q[32];
+                snap_r16_get(base, t->dtype, nb, row, b, &d, &m, q);
+                float df = snap_f16_to_f32(d), mf = snap_f16_to_f32(m);
+                for (int k = 0; k < 32; k++)
+                    out[b * 32 + k] = t->dtype == SNAP_Q4 ? df * (float)q[k] + mf : df * (float)q[k];
+            }
+            return;
+        }
         if (t->layout == SNAP_LAYOUT_BLOCKS) {
             if (t->dtype == SNAP_Q4)
                 snap_dequant_q4_row(base + row * nb * bb, out, cols);

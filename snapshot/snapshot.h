@@ -72,11 +72,14 @@ enum snap_config_flags { SNAP_FLAG_TIED_EMBED = 1u << 0, SNAP_FLAG_QKV_BIAS = 1u
  * The layout (FORMAT.md) says whether blocks are stored whole or split into planes. */
 enum snap_dtype { SNAP_F32 = 0, SNAP_F16 = 1, SNAP_BF16 = 2, SNAP_Q8 = 3, SNAP_Q4 = 4, SNAP_DTYPE_COUNT };
 
-/* BLOCKS: each row is an array of whole blocks (ggml-compatible; the CPU layout).
+/* BLOCKS: each row is an array of whole blocks (ggml-compatible).
  * SPLIT:  per tensor, three planes: all quants (row-major), then all f16 scales
  *         [rows][cols/32], then (Q4 only) all f16 minimums [rows][cols/32] (the CUDA
- *         layout: 16-byte aligned loads of quants, scales read separately). */
-enum snap_layout { SNAP_LAYOUT_BLOCKS = 0, SNAP_LAYOUT_SPLIT = 1 };
+ *         layout: 16-byte aligned loads of quants, scales read separately).
+ * R16:    rows in groups of 16, each group's blocks interleaved so one 64-byte load holds
+ *         4 bytes of every row (the CPU layout: FORMAT.md; 2-D, rows a multiple of 16). */
+enum snap_layout { SNAP_LAYOUT_BLOCKS = 0, SNAP_LAYOUT_SPLIT = 1, SNAP_LAYOUT_R16 = 2 };
+#define SNAP_R16_ROWS 16
 
 enum snap_target { SNAP_TARGET_CPU = 0, SNAP_TARGET_CUDA = 1 };
 enum snap_quant { SNAP_QUANT_Q4 = 0, SNAP_QUANT_Q8 = 1, SNAP_QUANT_F16 = 2 };
@@ -213,6 +216,18 @@ uint16_t snap_f32_to_f16(float f);
 /* Row `row` of a 2-D tensor (or the whole of a 1-D one) as floats, out[shape[n_dims-1]],
  * whatever its type and layout; `image` is the loaded image. */
 void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t row, float *out);
+
+/* R16 (FORMAT.md) for a Q4 / Q8 matrix of nb blocks per row: put / get row r's block b as
+ * its f16 d, f16 m (Q4) and 32 plain quant values (Q4 0..15, Q8 -128..127). Rows past the
+ * matrix in its last group are zero. */
+void snap_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
+                  const int8_t q[32]);
+void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t *d, uint16_t *m,
+                  int8_t q[32]);
+/* An R16 matrix t's bytes as SPLIT (the same size): a snapshot packed for the CPU on a GPU. */
+void snap_r16_to_split(const snap_tensor *t, const uint8_t *src, uint8_t *dst);
+/* Bytes of an R16 matrix: ceil(rows / 16) * 16 rows. */
+uint64_t snap_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols);
 const char *snap_arch_name(uint32_t arch);
 
 /* ---- loading ------------------------------------------------------------------------ */

@@ -151,7 +151,7 @@ static void check_r16(uint32_t dtype)
     enum { ROWS = 37, COLS = 256, NB = COLS / 32, T = 21, TPAD = 32 };
     const cpu_kernels *ks[3];
     int nk = kernel_sets(ks);
-    uint64_t bytes = cpu_r16_bytes(dtype, ROWS, COLS);
+    uint64_t bytes = snap_r16_bytes(dtype, ROWS, COLS);
     uint8_t *r16 = aligned_alloc(64, bytes);
     memset(r16, 0, bytes);
     static float w[ROWS * COLS], deq[ROWS * COLS], row[COLS], x[T * COLS];
@@ -171,7 +171,7 @@ static void check_r16(uint32_t dtype)
             int8_t q[32];
             for (int j = 0; j < 32; j++)
                 q[j] = dtype == SNAP_Q4 ? (int8_t)(j < 16 ? blk[4 + j] & 15 : blk[4 + j - 16] >> 4) : (int8_t)blk[2 + j];
-            cpu_r16_put(r16, dtype, NB, (uint64_t)r, (uint64_t)b, (uint16_t)(blk[0] | blk[1] << 8),
+            snap_r16_put(r16, dtype, NB, (uint64_t)r, (uint64_t)b, (uint16_t)(blk[0] | blk[1] << 8),
                         dtype == SNAP_Q4 ? (uint16_t)(blk[2] | blk[3] << 8) : 0, q);
         }
     }

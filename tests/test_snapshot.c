@@ -23,6 +23,33 @@ typedef struct tiny {
     uint32_t merges[4];
 } tiny;
 
+/* Row r of a Q4 / Q8 tensor as BLOCKS (ggml) bytes whatever its layout: R16 rows are
+ * reassembled from their blocks' d, m and quants. */
+static void row_as_blocks(const snap_tensor *t, const uint8_t *img, uint64_t r, uint8_t *out)
+{
+    uint32_t bb = t->dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES;
+    uint64_t nb = t->shape[t->n_dims - 1] / 32;
+    if (t->layout != SNAP_LAYOUT_R16) {
+        memcpy(out, img + t->offset + r * nb * bb, nb * bb);
+        return;
+    }
+    for (uint64_t b = 0; b < nb; b++) {
+        uint16_t d, m;
+        int8_t q[32];
+        uint8_t *blk = out + b * bb;
+        snap_r16_get(img + t->offset, t->dtype, nb, r, b, &d, &m, q);
+        memset(blk, 0, bb);
+        blk[0] = (uint8_t)d, blk[1] = (uint8_t)(d >> 8);
+        if (t->dtype == SNAP_Q4) {
+            blk[2] = (uint8_t)m, blk[3] = (uint8_t)(m >> 8);
+            for (int j = 0; j < 16; j++)
+                blk[4 + j] = (uint8_t)(q[j] | q[j + 16] << 4);
+        } else {
+            memcpy(blk + 2, q, 32);
+        }
+    }
+}
+
 static uint64_t rng_state = 88172645463325252ull;
 static float frand(void)
 {
@@ -235,7 +262,12 @@ static void check_image_matches_source(const snap_file *f, const uint8_t *img, c
         double max_err = 0;
         int exact = 1;
         for (uint64_t r = 0; r < rows; r++) {
+            uint8_t *rowbuf = malloc(t->size / rows);
             const uint8_t *row = img + t->offset + r * (t->size / rows);
+            if (t->dtype == SNAP_Q4 || t->dtype == SNAP_Q8) {
+                row_as_blocks(t, img, r, rowbuf);
+                row = rowbuf;
+            }
             switch (t->dtype) {
             case SNAP_F32: exact &= memcmp(row, x + r * cols, cols * 4) == 0; break;
             case SNAP_Q8:
@@ -256,6 +288,7 @@ static void check_image_matches_source(const snap_file *f, const uint8_t *img, c
                 }
                 break;
             }
+            free(rowbuf);
             if (t->dtype != SNAP_F32)
                 for (uint64_t j = 0; j < cols; j++)
                     if (fabs(back[j] - x[r * cols + j]) > max_err)
@@ -378,8 +411,11 @@ static void test_split_layout(void)
         }
         CHECK_INT(b->layout, SNAP_LAYOUT_SPLIT);
         uint32_t bb = a->dtype == SNAP_Q4 ? 20 : 34, head = a->dtype == SNAP_Q4 ? 4 : 2, qb = bb - head;
-        uint64_t nb = a->size / bb;
-        const uint8_t *blocks = ic->data + a->offset, *q = ig->data + b->offset, *sc = q + nb * qb, *mn = sc + nb * 2;
+        uint64_t nb = a->size / bb, rows = a->shape[0], row_bytes = a->size / rows;
+        uint8_t *blocks = malloc(a->size);
+        for (uint64_t r = 0; r < rows; r++)
+            row_as_blocks(a, ic->data, r, blocks + r * row_bytes);
+        const uint8_t *q = ig->data + b->offset, *sc = q + nb * qb, *mn = sc + nb * 2;
         int ok = 1;
         for (uint64_t k = 0; k < nb; k++) {
             ok &= memcmp(blocks + k * bb, sc + 2 * k, 2) == 0;
@@ -387,6 +423,7 @@ static void test_split_layout(void)
                 ok &= memcmp(blocks + k * bb + 2, mn + 2 * k, 2) == 0;
             ok &= memcmp(blocks + k * bb + head, q + k * qb, qb) == 0;
         }
+        free(blocks);
         CHECK(ok);
     }
     snap_image_free(ic);

@@ -93,9 +93,13 @@ static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const f
     m->rows = t->shape[0];
     m->cols = t->shape[1];
     m->base = cx->img->data + t->offset;
-    if (is_quant(m))
-        return to_r16(m, t->layout, err);
-    return 0;
+    if (!is_quant(m))
+        return 0;
+    if (t->layout == SNAP_LAYOUT_R16) { /* in place (256-aligned in a page-aligned image): what target cpu packs */
+        m->r16 = (cpu_r16){m->dtype, m->rows, m->cols / 32, (m->rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS, m->base};
+        return 0;
+    }
+    return to_r16(m, t->layout, err);
 }
 
 /* One row of a snapshot-layout (BLOCKS / SPLIT) quantized matrix: block b's quants at
@@ -127,10 +131,11 @@ static src_row row_at(const cpu_mat *m, uint32_t layout, uint64_t r)
 
 static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
-/* Rearranges a BLOCKS / SPLIT matrix into R16 (an owned, 64-byte aligned copy). */
+/* Rearranges a BLOCKS / SPLIT matrix (a snapshot packed for CUDA, or rows not a multiple of
+ * 16) into R16: an owned, 64-byte aligned copy, made once at load. */
 static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err)
 {
-    uint64_t nb = m->cols / 32, bytes = cpu_r16_bytes(m->dtype, m->rows, m->cols);
+    uint64_t nb = m->cols / 32, bytes = snap_r16_bytes(m->dtype, m->rows, m->cols);
     m->owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!m->owned)
         return eng_fail(err, ENG_ENOMEM, "out of memory rearranging a %llu x %llu matrix",
@@ -145,7 +150,7 @@ static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err)
                 v[j] = (int8_t)(qs[j] & 15), v[j + 16] = (int8_t)(qs[j] >> 4);
             if (m->dtype == SNAP_Q8)
                 memcpy(v, qs, 32);
-            cpu_r16_put(m->owned, m->dtype, nb, r, b, rd16(q.d + b * q.dm_stride),
+            snap_r16_put(m->owned, m->dtype, nb, r, b, rd16(q.d + b * q.dm_stride),
                         m->dtype == SNAP_Q4 ? rd16(q.m + b * q.dm_stride) : 0, v);
         }
     }

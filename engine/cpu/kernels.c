@@ -6,86 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- R16 ------------------------------------------------------------------------------ */
-
-static uint64_t r16_unit(uint32_t dtype) { return dtype == SNAP_Q4 ? CPU_R16_Q4_UNIT : CPU_R16_Q8_UNIT; }
-static uint64_t r16_qbytes(uint32_t dtype) { return dtype == SNAP_Q4 ? 256 : 512; }
-
-/* Where block b of group g keeps its quants, d[16] and m[16]. */
-typedef struct r16_at {
-    uint8_t *q, *d, *m;
-} r16_at;
-
-static r16_at r16_locate(const uint8_t *base, uint32_t dtype, uint64_t nb, uint64_t g, uint64_t b)
-{
-    uint8_t *grp = (uint8_t *)base + g * nb * r16_unit(dtype), *d = grp + nb * r16_qbytes(dtype);
-    return (r16_at){grp + b * r16_qbytes(dtype), d + b * 32, dtype == SNAP_Q4 ? d + nb * 32 + b * 32 : NULL};
-}
-
-uint64_t cpu_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols)
-{
-    return (rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS * (cols / 32) * r16_unit(dtype);
-}
-
-static inline void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8); }
-static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
-void cpu_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
-                 const int8_t q[32])
-{
-    uint64_t i = r % CPU_R16_ROWS;
-    r16_at at = r16_locate(dst, dtype, nb, r / CPU_R16_ROWS, b);
-    uint8_t *u = at.q;
-    if (dtype == SNAP_Q4) {
-        for (int j = 0; j < 4; j++) {
-            uint32_t word = 0;
-            for (int p = 0; p < 4; p++)
-                word |= (uint32_t)(q[8 * j + 2 * p] & 15) << 4 * p | (uint32_t)(q[8 * j + 2 * p + 1] & 15) << (16 + 4 * p);
-            for (int k = 0; k < 4; k++)
-                u[64 * j + 4 * i + k] = (uint8_t)(word >> 8 * k);
-        }
-        put16(at.m + 2 * i, m);
-    } else {
-        for (int j = 0; j < 8; j++) {
-            uint8_t *w = u + 64 * j + 4 * i;
-            w[0] = (uint8_t)q[4 * j], w[1] = (uint8_t)q[4 * j + 2], w[2] = (uint8_t)q[4 * j + 1], w[3] = (uint8_t)q[4 * j + 3];
-        }
-    }
-    put16(at.d + 2 * i, d);
-}
-
-/* Row i of a block's quants (at u) as plain values. */
-static void r16_get(const uint8_t *u, uint32_t dtype, uint64_t i, int32_t q[32])
-{
-    if (dtype == SNAP_Q4) {
-        for (int j = 0; j < 4; j++) {
-            const uint8_t *w = u + 64 * j + 4 * i;
-            uint32_t word = (uint32_t)w[0] | (uint32_t)w[1] << 8 | (uint32_t)w[2] << 16 | (uint32_t)w[3] << 24;
-            for (int p = 0; p < 4; p++) {
-                q[8 * j + 2 * p] = (int32_t)(word >> 4 * p & 15);
-                q[8 * j + 2 * p + 1] = (int32_t)(word >> (16 + 4 * p) & 15);
-            }
-        }
-    } else {
-        for (int j = 0; j < 8; j++) {
-            const int8_t *w = (const int8_t *)(u + 64 * j + 4 * i);
-            q[4 * j] = w[0], q[4 * j + 2] = w[1], q[4 * j + 1] = w[2], q[4 * j + 3] = w[3];
-        }
-    }
-}
-
 void cpu_r16_row_f32(const cpu_r16 *w, uint64_t r, float *out)
 {
-    uint64_t i = r % CPU_R16_ROWS;
-    for (uint64_t b = 0; b < w->nb; b++) {
-        r16_at at = r16_locate(w->base, w->dtype, w->nb, r / CPU_R16_ROWS, b);
-        int32_t q[32];
-        r16_get(at.q, w->dtype, i, q);
-        float d = snap_f16_to_f32(get16(at.d + 2 * i));
-        float m = w->dtype == SNAP_Q4 ? snap_f16_to_f32(get16(at.m + 2 * i)) : 0.0f;
-        for (int k = 0; k < 32; k++)
-            out[b * 32 + k] = w->dtype == SNAP_Q4 ? d * (float)q[k] + m : d * (float)q[k];
-    }
+    snap_tensor t = {.dtype = w->dtype, .layout = SNAP_LAYOUT_R16, .n_dims = 2, .shape = {w->rows, w->nb * 32}};
+    t.size = snap_r16_bytes(w->dtype, w->rows, w->nb * 32);
+    snap_tensor_row_f32(&t, w->base, r, out);
 }
 
 /* ---- portable kernels --------------------------------------------------------------------- */
@@ -122,15 +47,16 @@ static void matmul_r16_c(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_a
             for (uint64_t i = 0; i < rows; i++) {
                 float acc = 0;
                 for (uint64_t b = 0; b < w->nb; b++) {
-                    r16_at at = r16_locate(w->base, w->dtype, w->nb, g, b);
-                    int32_t q[32], isum = 0;
-                    r16_get(at.q, w->dtype, i, q);
+                    uint16_t d, m;
+                    int8_t q[32];
+                    int32_t isum = 0;
+                    snap_r16_get(w->base, w->dtype, w->nb, g * CPU_R16_ROWS + i, b, &d, &m, q);
                     for (int k = 0; k < 32; k++)
                         isum += q[k] * x[b * 32 + k];
-                    float dsx = snap_f16_to_f32(get16(at.d + 2 * i)) * s[b];
+                    float dsx = snap_f16_to_f32(d) * s[b];
                     acc = fmaf((float)isum, dsx, acc);
                     if (w->dtype == SNAP_Q4)
-                        acc = fmaf(snap_f16_to_f32(get16(at.m + 2 * i)), sx[b], acc);
+                        acc = fmaf(snap_f16_to_f32(m), sx[b], acc);
                 }
                 out[(uint64_t)t * out_stride + g * CPU_R16_ROWS + i] = acc;
             }

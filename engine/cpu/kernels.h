@@ -14,17 +14,11 @@
  * multiply-add instruction per 32 products (vpdpwssd) with no conversion of weights to
  * float: the CPU backend rearranges other layouts into it once at load.
  *
- * R16: rows in groups of 16 (the last group padded with zero rows); group g of a matrix with
- * nb = cols / 32 blocks per row starts at g * nb * unit bytes (unit: Q4 320, Q8 544) and
- * holds, for its nb blocks in order, first the quants (QB = 256 or 512 bytes per block, so
- * 64-byte aligned), then d[16] f16 per block, then for Q4 m[16] f16 per block:
- *   Q4: in block b's quant chunk j (0..3), at 256 b + 64 j + 4 i, row i's 32-bit
- *       little-endian word holds weights 8j..8j+7: nibble p (bits 4p..4p+3) is weight
- *       8j + 2p for p < 4 and 8j + 2(p-4) + 1 for p >= 4, so (word >> 4p) & 0x000f000f is
- *       the 16-bit pair (8j+2p, 8j+2p+1).
- *   Q8: in block b's chunk j (0..7), at 512 b + 64 j + 4 i, row i's 4 bytes are weights
- *       4j, 4j+2, 4j+1, 4j+3 (int8): the two 16-bit halves sign-extended from their low
- *       bytes are the pair (4j, 4j+1), from their high bytes (4j+2, 4j+3).
+ * R16 is defined in snapshot/FORMAT.md: rows in groups of 16; per group, each block's quants
+ * (Q4: 4 chunks of 64 bytes, Q8: 8), then the blocks' d[16] (f16), then Q4's m[16]. In a
+ * chunk, row i's 4 bytes at 4 i hold weights whose 16-bit pairs line up with consecutive
+ * activation pairs: Q4 word >> 4p & 0x000f000f is the pair (8j + 2p, 8j + 2p + 1), Q8's
+ * bytes sign-extended from the low / high byte of each half are (4j, 4j+1) / (4j+2, 4j+3).
  *
  * f16 and f32 matrices (small test models) keep f32 arithmetic: dot_f16 / dot_f32 per row
  * and the register-tiled dot4xT for batches.
@@ -34,10 +28,12 @@
 #ifndef THAW_ENGINE_CPU_KERNELS_H
 #define THAW_ENGINE_CPU_KERNELS_H
 
+#include "snapshot.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
-#define CPU_R16_ROWS 16
+#define CPU_R16_ROWS SNAP_R16_ROWS
 #define CPU_R16_Q4_UNIT 320 /* bytes per block of a group: 256 quants + 32 d + 32 m */
 #define CPU_R16_Q8_UNIT 544 /* 512 quants + 32 d */
 #define CPU_ACT_MAX 32767.0f
@@ -118,12 +114,6 @@ void cpu_swiglu_c(float *g, const float *u, uint64_t n);
 void cpu_attend_c(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
                   uint32_t n_pos, float scale, float *sc, float *out);
 
-/* R16 bytes for a matrix: n_groups * nb * unit. */
-uint64_t cpu_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols);
-/* Writes row r's block b (d, [m,] 32 quants as plain values: Q4 0..15, Q8 -127..127) into
- * the R16 image dst of a matrix with nb blocks per row. */
-void cpu_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
-                 const int8_t q[32]);
 /* Row r of an R16 matrix as f32 (d * q [+ m], exactly as the blocks mean). */
 void cpu_r16_row_f32(const cpu_r16 *w, uint64_t r, float *out);
 

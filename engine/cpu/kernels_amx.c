@@ -143,9 +143,11 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
         EPI_T(8); EPI_T(9); EPI_T(10); EPI_T(11); EPI_T(12); EPI_T(13); EPI_T(14); EPI_T(15);                      \
     } while (0)
 
-/* The epilogue of block b runs after block b + LAG's products are issued: a vector load of
- * a product stored moments ago waits for the tile store to complete. */
-#define LAG 2
+/* Products of PHASE blocks are computed and stored, then their epilogues run: tile stores
+ * and the vector loads of what they stored do not mix well. */
+#ifndef PHASE
+#define PHASE 4
+#endif
 
 #define PRODUCTS(B, CH, CL, q4)                                  \
     do {                                                         \
@@ -182,35 +184,36 @@ static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64
     g.dp = g.quants + g.nb * g.qb, g.mp = g.dp + g.nb * 32;
     g.at = tiles + (uint64_t)(t0 / 16) * g.nb * CPU_AMX_TILE_BYTES;
     _Alignas(64) uint8_t ring[EXPAND_AHEAD + 2][512];
-    _Alignas(64) int32_t c[LAG + 1][512];
+    _Alignas(64) int32_t c[PHASE][512];
     for (uint64_t b = 0; q4 && b < EXPAND_AHEAD && b < g.nb; b++)
         expand_q4(&g, b, ring[b]);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0, acc6 = acc0,
            acc7 = acc0, acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0, acc12 = acc0, acc13 = acc0,
            acc14 = acc0, acc15 = acc0;
-    for (uint64_t b = 0; b < g.nb; b++) {
-        const uint8_t *at = g.at + b * CPU_AMX_TILE_BYTES;
-        int32_t *cb = c[b % (LAG + 1)];
-        if (b % 2 == 0) {
-            LOAD_TILE(2, b_operand(&g, b, ring), 64);
-            LOAD_TILE(0, at, 32);
-            LOAD_TILE(1, at + 512, 32);
-            PRODUCTS(2, 3, 4, q4);
-            _tile_stored(3, cb, 64);
-            _tile_stored(4, cb + 256, 64);
-        } else {
-            LOAD_TILE(5, b_operand(&g, b, ring), 64);
-            LOAD_TILE(0, at, 32);
-            LOAD_TILE(1, at + 512, 32);
-            PRODUCTS(5, 6, 7, q4);
-            _tile_stored(6, cb, 64);
-            _tile_stored(7, cb + 256, 64);
+    for (uint64_t b0 = 0; b0 < g.nb; b0 += PHASE) {
+        uint64_t b1 = b0 + PHASE < g.nb ? b0 + PHASE : g.nb;
+        for (uint64_t b = b0; b < b1; b++) {
+            const uint8_t *at = g.at + b * CPU_AMX_TILE_BYTES;
+            int32_t *cb = c[b - b0];
+            if (b % 2 == 0) {
+                LOAD_TILE(2, b_operand(&g, b, ring), 64);
+                LOAD_TILE(0, at, 32);
+                LOAD_TILE(1, at + 512, 32);
+                PRODUCTS(2, 3, 4, q4);
+                _tile_stored(3, cb, 64);
+                _tile_stored(4, cb + 256, 64);
+            } else {
+                LOAD_TILE(5, b_operand(&g, b, ring), 64);
+                LOAD_TILE(0, at, 32);
+                LOAD_TILE(1, at + 512, 32);
+                PRODUCTS(5, 6, 7, q4);
+                _tile_stored(6, cb, 64);
+                _tile_stored(7, cb + 256, 64);
+            }
         }
-        if (b >= LAG)
-            EPILOGUE(b - LAG, c[(b - LAG) % (LAG + 1)]);
+        for (uint64_t b = b0; b < b1; b++)
+            EPILOGUE(b, c[b - b0]);
     }
-    for (uint64_t b = g.nb > LAG ? g.nb - LAG : 0; b < g.nb; b++)
-        EPILOGUE(b, c[b % (LAG + 1)]);
     uint64_t left = w->rows - gi * CPU_R16_ROWS;
     __mmask16 keep = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
     STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5) STORE(6) STORE(7)

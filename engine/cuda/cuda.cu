@@ -226,6 +226,22 @@ static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const f
     m->rows = t->shape[0];
     m->cols = t->shape[1];
     m->d_base = cx->d_weights + t->offset;
+    if (t->layout == SNAP_LAYOUT_R16) {
+        /* a snapshot packed for the CPU: rearrange into SPLIT through the host, once
+         * (`thaw pack --target cuda` avoids this) */
+        uint8_t *h = (uint8_t *)malloc(t->size), *split = (uint8_t *)malloc(t->size);
+        cudaError_t e = h && split ? cudaMemcpy(h, m->d_base, t->size, cudaMemcpyDeviceToHost) : cudaErrorMemoryAllocation;
+        if (e == cudaSuccess) {
+            snap_r16_to_split(t, h, split);
+            e = cudaMemcpy((void *)m->d_base, split, t->size, cudaMemcpyHostToDevice);
+        }
+        free(h);
+        free(split);
+        if (e != cudaSuccess)
+            return eng_fail(err, ENG_EBACKEND, "%s: rearranging '%s' for the GPU: %s", snap_path(f), name,
+                            cudaGetErrorString(e));
+        m->layout = SNAP_LAYOUT_SPLIT;
+    }
     return 0;
 }
 
