@@ -143,6 +143,8 @@ typedef struct eng_sampling {
     const eng_logit_bias *logit_bias;
     uint32_t n_logit_bias;
     uint32_t n_logprobs;       /* top-N log-probabilities to report, 0..ENG_MAX_LOGPROBS */
+    int skip_logprob;          /* nobody reads eng_sample_result.logprob: spare greedy decoding
+                                  a pass over the vocabulary (logprob is then 0) */
 } eng_sampling;
 
 /* Fills the neutral settings (greedy, everything off). */

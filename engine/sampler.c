@@ -21,7 +21,8 @@
  * does not document its choice but its logprobs do not move with temperature. We take the
  * logits after bias and penalties and before temperature and truncation: equal to vLLM's raw
  * logprobs for a request without bias or penalties, temperature-independent like OpenAI's, and
- * a banned token reports -inf, as it can never be chosen. res->logprob is always filled;
+ * a banned token reports -inf, as it can never be chosen. res->logprob is filled unless
+ * params->skip_logprob (then greedy decoding skips the pass over the vocabulary for it);
  * res->top[] has the params->n_logprobs most likely tokens, best first, ties to the lower id.
  *
  * Cost per token, n = n_vocab: one pass for bias/penalties over the touched ids only, one pass
@@ -508,6 +509,11 @@ void eng_sample(eng_sampler *s, float *logits, eng_sample_result *res)
     } else {
         double sum_exp = -1;
         int32_t tok = p->temperature >= SAMPLING_EPS ? sample_random(s, logits, m, &sum_exp) : best;
+        if (sum_exp < 0 && p->skip_logprob && p->n_logprobs == 0) {
+            res->token = tok;
+            res->logprob = 0;
+            return;
+        }
         if (sum_exp < 0) {
             sum_exp = 0;
             for (uint32_t i = 0; i < n; i++)

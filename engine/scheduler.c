@@ -614,6 +614,7 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
     uint32_t n_out_max = r->cap - r->n_prompt;
     const eng_tokenizer *t = eng_model_tokenizer(e->m);
     eng_sampling sp = p->sampling;
+    sp.skip_logprob = !r->want_samples;
     if (sp.n_logit_bias) {
         r->bias = malloc(sp.n_logit_bias * sizeof *r->bias);
         if (r->bias)

@@ -597,7 +597,8 @@ def stream_in_thread(port, body, out, path="/v1/chat/completions"):
 def test_pre_stop_and_sigterm():
     h = Server("--grace", "20")
     out = {}
-    t = stream_in_thread(h.port, {"messages": CHAT, "max_tokens": 25, "stream": True, "ignore_eos": True}, out)
+    # long enough (about a second here) to still be running when the hooks arrive
+    t = stream_in_thread(h.port, {"messages": CHAT, "max_tokens": 400, "stream": True, "ignore_eos": True}, out)
     while "started" not in out and t.is_alive():
         time.sleep(0.01)
     time.sleep(0.1)
@@ -622,7 +623,7 @@ def test_pre_stop_and_sigterm():
     # SIGTERM with a request in flight: it finishes, then exit 0
     k = Server()
     out = {}
-    t = stream_in_thread(k.port, {"messages": CHAT, "max_tokens": 20, "stream": True, "ignore_eos": True}, out)
+    t = stream_in_thread(k.port, {"messages": CHAT, "max_tokens": 400, "stream": True, "ignore_eos": True}, out)
     while "started" not in out and t.is_alive():
         time.sleep(0.01)
     time.sleep(0.1)
