@@ -178,9 +178,10 @@ static void mat_row_f32(const cpu_mat *m, uint64_t r, float *out)
  * threads, so q/k/v (and gate/up) run in one parallel region. Quantized matrices split in
  * R16 groups of 16 rows (every group the same bytes per matrix), f16/f32 ones in rows. */
 /* From this many tokens a batch's quantized matmuls run on AMX tiles (when the CPU has
- * them): a tile product costs the same for 1 or 16 tokens, and below 8 the vector kernel is
- * as fast (bench/RESULTS.md). The results are bitwise the same either way. */
-#define AMX_MIN_TOKENS 8
+ * them): a pass over the weights on tiles costs about the same for 1 or 16 tokens, the
+ * vector kernel's grows with the tokens, and they cross near 11 (bench/RESULTS.md). The
+ * results are bitwise the same either way. */
+#define AMX_MIN_TOKENS 12
 
 typedef struct matmul_task {
     cpu_ctx *cx;
