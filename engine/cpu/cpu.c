@@ -236,7 +236,7 @@ static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
             continue;
         if (is_quant(m)) {
             if (t->amx)
-                cpu_amx_matmul(&m->r16, a, b, &t->cx->act, t->cx->tiles, t->n_tokens, t->out[i], m->rows);
+                cpu_amx_matmul(&m->r16, a, b, t->cx->tiles, t->n_tokens, t->out[i], m->rows);
             else
                 t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
             a *= CPU_R16_ROWS;
@@ -609,12 +609,11 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->u = malloc(T * (uint64_t)c->n_ff * sizeof(float));
     cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
     cx->widest = widest;
-    uint64_t T16 = (T + 15) / 16 * 16; /* AMX reads scales of whole 16-token tiles */
     cx->act.x16 = aligned_alloc(64, (T * widest * sizeof(int16_t) + 63) / 64 * 64);
-    cx->act.s = calloc(T16 * (widest / 32 + 1), sizeof(float));
-    cx->act.sx = calloc(T16 * (widest / 32 + 1), sizeof(float));
+    cx->act.s = malloc(T * (widest / 32) * sizeof(float));
+    cx->act.sx = malloc(T * (widest / 32) * sizeof(float));
     cx->amx = cpu_kernels_use_amx();
-    if (cx->amx && !(cx->tiles = aligned_alloc(64, T16 / 16 * (widest / 32) * CPU_AMX_TILE_BYTES)))
+    if (cx->amx && !(cx->tiles = aligned_alloc(64, (T + 15) / 16 * (widest / 32) * CPU_AMX_TILE_BYTES)))
         goto nomem;
     cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
     uint64_t nth = eng_pool_size(cx->pool), group = c->n_head / c->n_head_kv;

@@ -96,11 +96,11 @@ const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/
  * cpu_amx_prep writes token t's activations (quantized in a) into tiles, laid out for
  * matrices of the given dtype: per 16-token tile and block, CPU_AMX_TILE_BYTES of A
  * operands (high bytes [16][32], low bytes [16][32]) and the tokens' s[16] and sx[16].
- * cpu_amx_matmul then runs like matmul_r16, reading a's scales from tiles. */
+ * cpu_amx_matmul then runs like matmul_r16 on the tokens' tiles. */
 #define CPU_AMX_TILE_BYTES 1152
 int cpu_amx_available(void);
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
-void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride);
 
 /* The AVX2 set's f16/f32 kernels, which the AVX-512 set shares. */

@@ -70,8 +70,7 @@ void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
 
 /* Tiles: 0 / 1 A high / low bytes (16 tokens x 32), 2 / 5 B of even / odd blocks (8 x 64),
  * 3-4 / 6-7 the two products of even / odd blocks (16 x 16 int32). Blocks alternate between
- * the two sets so a block's products are being computed while the previous block's go
- * through the f32 epilogue. */
+ * the two sets so one block's tile loads need not wait for the previous block's products. */
 static void configure(void)
 {
     tile_config cfg;
@@ -86,9 +85,8 @@ static void configure(void)
 }
 
 typedef struct group_ctx {
-    const uint8_t *quants, *dp, *mp, *at;
-    uint64_t nb, qb;
-    uint32_t t0, n;
+    const uint8_t *quants, *dp, *mp, *at; /* the group's quants, d, m; the token tile's A operands */
+    uint64_t nb, qb;                      /* blocks per row, quant bytes per block */
     int q4;
 } group_ctx;
 
@@ -179,7 +177,7 @@ static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64
                                                         const int q4)
 {
     group_ctx g;
-    g.nb = w->nb, g.qb = q4 ? 256 : 512, g.t0 = t0, g.n = n, g.q4 = q4;
+    g.nb = w->nb, g.qb = q4 ? 256 : 512, g.q4 = q4;
     g.quants = w->base + gi * g.nb * (q4 ? CPU_R16_Q4_UNIT : CPU_R16_Q8_UNIT);
     g.dp = g.quants + g.nb * g.qb, g.mp = g.dp + g.nb * 32;
     g.at = tiles + (uint64_t)(t0 / 16) * g.nb * CPU_AMX_TILE_BYTES;
@@ -220,7 +218,7 @@ static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64
     STORE(8) STORE(9) STORE(10) STORE(11) STORE(12) STORE(13) STORE(14) STORE(15)
 }
 
-void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride)
 {
     configure();
@@ -238,7 +236,7 @@ void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a
 #else
 int cpu_amx_available(void) { return 0; }
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
-void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const cpu_act *a, const uint8_t *tiles, uint32_t n_tok,
+void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride)
 {
 }
