@@ -286,9 +286,16 @@ static void test_float_kernels_agree(void)
         qh[i] = sinf((float)i * 0.05f) * 2.0f;
     const uint16_t *kp[3] = {kb[0], kb[1], kb[2]}, *vp[3] = {vb[0], vb[1], vb[2]};
     p->attend(qh, NQ, D, kp, vp, NPOS, 0.125f, sc, a1);
-    v->attend(qh, NQ, D, kp, vp, NPOS, 0.125f, sc, a2);
-    for (int i = 0; i < NQ * D; i++)
-        CHECK_NEAR(a1[i], a2[i], 1e-5);
+    for (int k = 1; k < nk; k++) { /* every vector set's own attention and SwiGLU */
+        ks[k]->attend(qh, NQ, D, kp, vp, NPOS, 0.125f, sc, a2);
+        for (int i = 0; i < NQ * D; i++)
+            CHECK_NEAR(a1[i], a2[i], 1e-5);
+        for (int i = 0; i < N; i++)
+            g2[i] = x[i] * 4.0f;
+        ks[k]->swiglu(g2, y, N);
+        for (int i = 0; i < N; i++)
+            CHECK_NEAR(g1[i], g2[i], 1e-5 * (1 + fabs(g1[i])));
+    }
     /* the tiled kernel: 4 rows x 5 tokens (an odd count exercises the tail) */
     static float w4[4 * N], xs[5 * N], o1[5 * 7], o2[5 * 7];
     for (int i = 0; i < 4 * N; i++)

@@ -7,6 +7,7 @@
 #include "snapshot.h"
 
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 static inline float hsum(__m256 v)
@@ -245,9 +246,117 @@ void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride)
         out[i * stride] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
+/* e^x, as kernels_avx512.c's exp_neg on 8 lanes: 2^n e^r, |r| <= ln2/2, Taylor to r^6. */
+static inline __m256 exp8(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* 2^n by the exponent field: n in [-126, 127] after the clamps above */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 ld8h(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+#define ATT_HC 4 /* query heads per pass over the keys: 8 accumulators of 16 registers */
+
+/* The AVX-512 attention's algorithm on 8 lanes: keys 16 positions at a time as two halves,
+ * up to four query heads per pass; values one position and one head at a time. */
+static void attend_avx2(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
+                        uint32_t n_pos, float scale, float *sc, float *out)
+{
+    if (d % 8) {
+        cpu_attend_c(q, n_q, d, k, v, n_pos, scale, sc, out);
+        return;
+    }
+    uint32_t stride = (n_pos + 15) / 16 * 16;
+    for (uint32_t h0 = 0; h0 < n_q; h0 += ATT_HC) {
+        uint32_t hc = n_q - h0 < ATT_HC ? n_q - h0 : ATT_HC;
+        for (uint32_t i = 0; i * 16 < n_pos; i++) {
+            __m256 lo[ATT_HC], hi[ATT_HC];
+            for (uint32_t h = 0; h < ATT_HC; h++)
+                lo[h] = hi[h] = _mm256_setzero_ps();
+            for (uint32_t j = 0; j < d; j++) {
+                __m256 k0 = ld8h(k[i] + j * 16), k1 = ld8h(k[i] + j * 16 + 8);
+                for (uint32_t h = 0; h < ATT_HC; h++) {
+                    if (h < hc) {
+                        __m256 qv = _mm256_set1_ps(q[(h0 + h) * d + j]);
+                        lo[h] = _mm256_fmadd_ps(qv, k0, lo[h]);
+                        hi[h] = _mm256_fmadd_ps(qv, k1, hi[h]);
+                    }
+                }
+            }
+            for (uint32_t h = 0; h < hc; h++) {
+                float *s = sc + (h0 + h) * stride + i * 16;
+                _mm256_storeu_ps(s, _mm256_mul_ps(lo[h], _mm256_set1_ps(scale)));
+                _mm256_storeu_ps(s + 8, _mm256_mul_ps(hi[h], _mm256_set1_ps(scale)));
+            }
+        }
+    }
+    for (uint32_t h = 0; h < n_q; h++) {
+        float *s = sc + h * stride, mx = -INFINITY, sum = 0;
+        for (uint32_t p = 0; p < n_pos; p++)
+            mx = s[p] > mx ? s[p] : mx;
+        for (uint32_t p = n_pos; p < stride; p++)
+            s[p] = -INFINITY;
+        __m256 mv = _mm256_set1_ps(mx), acc = _mm256_setzero_ps();
+        for (uint32_t p = 0; p < stride; p += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + p), mv));
+            e = _mm256_and_ps(e, _mm256_cmp_ps(_mm256_loadu_ps(s + p), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
+            _mm256_storeu_ps(s + p, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        sum = hsum(acc);
+        float inv = 1.0f / sum, *o = out + (uint64_t)h * d;
+        for (uint32_t c = 0; c < d; c += 32) {
+            uint32_t w = d - c < 32 ? d - c : 32;
+            __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+            for (uint32_t p = 0; p < n_pos; p++) {
+                const uint16_t *vp = v[p / 16] + (uint64_t)(p % 16) * d + c;
+                __m256 wv = _mm256_set1_ps(s[p]);
+                o0 = _mm256_fmadd_ps(wv, ld8h(vp), o0);
+                if (w > 8)
+                    o1 = _mm256_fmadd_ps(wv, ld8h(vp + 8), o1);
+                if (w > 16)
+                    o2 = _mm256_fmadd_ps(wv, ld8h(vp + 16), o2);
+                if (w > 24)
+                    o3 = _mm256_fmadd_ps(wv, ld8h(vp + 24), o3);
+            }
+            __m256 iv = _mm256_set1_ps(inv);
+            _mm256_storeu_ps(o + c, _mm256_mul_ps(o0, iv));
+            if (w > 8)
+                _mm256_storeu_ps(o + c + 8, _mm256_mul_ps(o1, iv));
+            if (w > 16)
+                _mm256_storeu_ps(o + c + 16, _mm256_mul_ps(o2, iv));
+            if (w > 24)
+                _mm256_storeu_ps(o + c + 24, _mm256_mul_ps(o3, iv));
+        }
+    }
+}
+
+static void swiglu_avx2(float *g, const float *u, uint64_t n)
+{
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_loadu_ps(g + i);
+        __m256 silu = _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+    }
+    cpu_swiglu_c(g + i, u + i, n - i);
+}
+
 static const cpu_kernels avx2 = {
     "avx2", quant_act_avx2, matmul_r16_avx2, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
-    cpu_attend_c, cpu_avx2_to_f16, cpu_swiglu_c,
+    attend_avx2, cpu_avx2_to_f16, swiglu_avx2,
 };
 
 const cpu_kernels *cpu_kernels_avx2(void)
