@@ -176,16 +176,26 @@ static void swiglu_avx512(float *g, const float *u, uint64_t n)
  * -inf; mx[h] collects each head's running maximum. */
 static inline __m512 ld16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
+#ifndef AHEAD
+#define AHEAD 2
+#endif
+
 static inline __attribute__((always_inline)) void keys(const float *q, uint32_t d, const uint16_t *const *k,
+                                                       const uint16_t *const *v,
                                                        uint32_t n_pos, float scale, float *sc, uint32_t stride,
                                                        __m512 *mx, const int NQ)
 {
     for (int h = 0; h < NQ; h++)
         mx[h] = _mm512_set1_ps(-INFINITY);
     for (uint32_t i = 0; i * 16 < n_pos; i++) {
-        if ((i + 1) * 16 < n_pos) /* the next block is elsewhere in the pool: fetch it now */
+        /* blocks lie anywhere in the pool and a sequence's K/V outgrow the caches once a few
+         * sequences decode together: fetch keys AHEAD blocks ahead, and this block's values
+         * for the pass after this one */
+        if ((i + AHEAD) * 16 < n_pos)
             for (uint32_t l = 0; l < d * 32; l += 64)
-                _mm_prefetch((const char *)k[i + 1] + l, _MM_HINT_T0);
+                _mm_prefetch((const char *)k[i + AHEAD] + l, _MM_HINT_T0);
+        for (uint32_t l = 0; l < d * 32; l += 64)
+            _mm_prefetch((const char *)v[i] + l, _MM_HINT_T1);
         __m512 acc[ATT_MAXQ];
         for (int h = 0; h < NQ; h++)
             acc[h] = _mm512_setzero_ps();
@@ -215,9 +225,7 @@ static inline __attribute__((always_inline)) void values(const float *sc, uint32
         o[i] = _mm512_setzero_ps();
     for (uint32_t p = 0; p < n_pos; p++) {
         const uint16_t *vp = v[p / 16] + (uint64_t)(p % 16) * NC * 16;
-        if (p % 16 == 0 && p + 16 < n_pos)
-            for (int l = 0; l < NC * 16 * 16 * 2; l += 64)
-                _mm_prefetch((const char *)v[p / 16 + 1] + l, _MM_HINT_T0);
+
         for (int c = 0; c < NC; c++) {
             __m512 vc = ld16(vp + 16 * c);
             for (int h = 0; h < HC; h++)
@@ -230,7 +238,7 @@ static inline __attribute__((always_inline)) void values(const float *sc, uint32
 }
 
 #define KEYS(n) \
-    case n: keys(q, d, k, n_pos, scale, sc, stride, mx, n); break;
+    case n: keys(q, d, k, v, n_pos, scale, sc, stride, mx, n); break;
 #define VALUES(nc, hc) \
     case hc: values(sc + h0 * stride, stride, v, n_pos, inv + h0, out + h0 * d, nc, hc); break;
 
