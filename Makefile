@@ -119,7 +119,7 @@ fuzz:
 	@mkdir -p build-fuzz
 	for f in $(FUZZ_SRC); do n=$$(basename $$f .c); \
 	  clang -g -O1 -fsanitize=fuzzer,address,undefined -DFUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION -D_GNU_SOURCE -Isnapshot -Iengine -Iruntime \
-	    -o build-fuzz/$$n $$f $(LIB_SRC) $(LDLIBS) || exit 1; done
+	    -o build-fuzz/$$n $$f $(wildcard snapshot/*.c) $(LDLIBS) || exit 1; done
 	@echo "run e.g.: build-fuzz/fuzz_snapshot tests/fuzz/corpus/snapshot"
 
 bench: $(BENCH_BIN)
