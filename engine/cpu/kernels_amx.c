@@ -111,7 +111,8 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
                                                                       uint8_t (*ring)[512])
 {
     const uint8_t *u = g->quants + b * g->qb;
-    _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES, _MM_HINT_T0);
+    for (uint64_t l = 0; l < g->qb; l += 64) /* every line of the block, as the vector kernels do */
+        _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES + l, _MM_HINT_T0);
     if (!g->q4)
         return u;
     if (b + EXPAND_AHEAD < g->nb)
