@@ -488,10 +488,32 @@ void eng_sample(eng_sampler *s, float *logits, eng_sample_result *res)
     }
 
     /* max and argmax (first, i.e. lowest id, on ties). A broken model or an overflowing
-     * penalty must not poison the sums: NaN becomes -inf and +inf the largest float. */
+     * penalty must not poison the sums: NaN becomes -inf and +inf the largest float. The
+     * common case, no NaN or +inf, takes a max in eight independent lanes (which the
+     * compiler turns into vector code) and one search for its first position. */
     float m = -INFINITY;
     int32_t best = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    uint32_t n_scan = n; /* the careful loop below, unless the fast path found no NaN or +inf */
+    if (n % 8 == 0) {
+        float lane[8] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        int ok = 1; /* no NaN, no +inf (-inf, a banned token, is fine) */
+        for (uint32_t i = 0; i < n; i += 8)
+            for (int j = 0; j < 8; j++) {
+                float l = logits[i + j];
+                ok &= l <= FLT_MAX;
+                lane[j] = l > lane[j] ? l : lane[j];
+            }
+        if (ok) {
+            float mx = lane[0];
+            for (int j = 1; j < 8; j++)
+                mx = lane[j] > mx ? lane[j] : mx;
+            uint32_t i = 0;
+            while (logits[i] != mx)
+                i++;
+            m = mx, best = (int32_t)i, n_scan = 0;
+        }
+    }
+    for (uint32_t i = 0; i < n_scan; i++) {
         float l = logits[i];
         if (!(l <= FLT_MAX))
             logits[i] = l = l != l ? -INFINITY : FLT_MAX;

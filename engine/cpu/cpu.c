@@ -263,9 +263,10 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
     uint64_t lo, hi;
     eng_split(t->n_tokens, ith, nth, &lo, &hi);
     for (uint64_t tok = lo; tok < hi; tok++) {
-        t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
-        if (t->amx_dtype)
-            cpu_amx_prep(&t->cx->act, (uint32_t)tok, t->amx_dtype, t->cx->tiles);
+        if (t->amx_dtype) /* only the AMX operands are read */
+            cpu_amx_quant(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok, t->amx_dtype, t->cx->tiles);
+        else
+            t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
     }
 }
 

@@ -100,6 +100,8 @@ const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/
 #define CPU_AMX_TILE_BYTES 1152
 int cpu_amx_available(void);
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
+/* The same operands straight from token t's f32 x[a->n], in one pass (a gives n and nb). */
+void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
 void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride);
 

@@ -50,6 +50,7 @@ int cpu_amx_available(void)
 /* pi: position k of a block's K order holds weight 8 (k / 8) + pi[k % 8] */
 static const uint8_t pi_q4[8] = {0, 4, 1, 5, 2, 6, 3, 7}, pi_q8[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 
+/* Token t's row of every block's A operands in tiles, from x16 (already quantized in a). */
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
 {
     const uint8_t *pi = dtype == SNAP_Q4 ? pi_q4 : pi_q8;
@@ -65,6 +66,38 @@ void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
         _mm256_storeu_si256((__m256i *)(dst + 512 + (t % 16) * 32), _mm512_cvtepi16_epi8(_mm512_and_si512(v, lowb)));
         ((float *)(dst + 1024))[t % 16] = a->s[(uint64_t)t * a->nb + b];
         ((float *)(dst + 1088))[t % 16] = a->sx[(uint64_t)t * a->nb + b];
+    }
+}
+
+/* Quantizes token t's x[n] (n = a->n) straight into the A operands: the steps of
+ * kernels_avx512.c's quant_act (the same x16, s and sx, bit for bit) without writing x16. */
+void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
+{
+    const uint8_t *pi = dtype == SNAP_Q4 ? pi_q4 : pi_q8;
+    uint32_t idx[2][16];
+    for (int k = 0; k < 32; k++) /* K position k of the operand holds element 8 (k / 8) + pi[k % 8] */
+        idx[k / 16][k % 16] = (uint32_t)(8 * (k / 8) + pi[k % 8]);
+    const __m512i p0 = _mm512_loadu_si512(idx[0]), p1 = _mm512_loadu_si512(idx[1]), lowb = _mm512_set1_epi32(0xff);
+    const __m512 lim = _mm512_set1_ps(CPU_ACT_MAX), nlim = _mm512_set1_ps(-CPU_ACT_MAX);
+    uint8_t *dst = tiles + (uint64_t)(t / 16) * a->nb * CPU_AMX_TILE_BYTES;
+    for (uint64_t b = 0; b < a->nb; b++, dst += CPU_AMX_TILE_BYTES) {
+        __m512 v0 = _mm512_loadu_ps(x + b * 32), v1 = _mm512_loadu_ps(x + b * 32 + 16);
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float s = amax / CPU_ACT_MAX, inv = amax > 0 ? CPU_ACT_MAX / amax : 0.0f;
+        __m512 iv = _mm512_set1_ps(inv);
+        __m512i i0 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v0, iv), nlim), lim));
+        __m512i i1 = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v1, iv), nlim), lim));
+        int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+        /* elements in operand order: positions 0..15 from elements 0..15 (a permutation within
+         * each 8), positions 16..31 likewise from 16..31 */
+        __m512i q0 = _mm512_permutexvar_epi32(p0, i0), q1 = _mm512_permutexvar_epi32(_mm512_sub_epi32(p1, _mm512_set1_epi32(16)), i1);
+        uint8_t *row = dst + (t % 16) * 32;
+        _mm_storeu_si128((__m128i *)row, _mm512_cvtepi32_epi8(_mm512_srai_epi32(q0, 8)));
+        _mm_storeu_si128((__m128i *)(row + 16), _mm512_cvtepi32_epi8(_mm512_srai_epi32(q1, 8)));
+        _mm_storeu_si128((__m128i *)(row + 512), _mm512_cvtepi32_epi8(_mm512_and_si512(q0, lowb)));
+        _mm_storeu_si128((__m128i *)(row + 528), _mm512_cvtepi32_epi8(_mm512_and_si512(q1, lowb)));
+        ((float *)(dst + 1024))[t % 16] = s;
+        ((float *)(dst + 1088))[t % 16] = s * (float)sum;
     }
 }
 
@@ -237,6 +270,7 @@ void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *t
 #else
 int cpu_amx_available(void) { return 0; }
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
+void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
 void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride)
 {
