@@ -59,7 +59,8 @@ typedef struct cpu_ctx {
     float *x, *xb, *q, *kx, *vx, *att, *g, *u, *cs;
     cpu_act act;                      /* a quantized matmul's input: [T][widest] int16 + scales */
     int amx;                          /* batches of AMX_MIN_TOKENS or more run on AMX tiles */
-    uint8_t *tiles;                   /* [T / 16][widest / 32] AMX A operands (kernels.h) */
+    uint8_t *tiles;                   /* [threads][T / 16][widest / 32] AMX A operands (kernels.h) */
+    uint64_t tiles_bytes;             /* per thread */
     float *rowbuf;                    /* [threads][4][widest] f16/f32 weight rows in f32 (prefill) */
     uint64_t widest;
     float *scores;                    /* [threads][group][max_ctx + 16] attention scratch */
@@ -219,9 +220,63 @@ static void matmul_float_rows(const matmul_task *t, const cpu_mat *m, float *out
     }
 }
 
+static void add_bias(const matmul_task *t, uint32_t i, uint32_t tok0, uint32_t tok1, uint64_t r0, uint64_t r1)
+{
+    for (uint32_t tok = tok0; tok < tok1 && t->bias[i]; tok++)
+        for (uint64_t r = r0; r < r1; r++)
+            t->out[i][(uint64_t)tok * t->mats[i]->rows + r] += t->bias[i][r];
+}
+
+/* The AMX path. Each thread quantizes the tokens it needs into its own operand tiles, so no
+ * pass over the pool precedes the matmul. From AMX_TOKEN_SPLIT tiles of 16 tokens (a prefill
+ * chunk) threads take whole token tiles and every row; below, they take row groups and each
+ * quantizes all the tokens (a few microseconds). */
+#define AMX_TOKEN_SPLIT 8
+
+static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
+{
+    cpu_ctx *cx = t->cx;
+    uint32_t T = t->n_tokens, n_tiles = (T + 15) / 16, dtype = t->mats[0]->dtype;
+    uint8_t *tiles = cx->tiles + (uint64_t)ith * cx->tiles_bytes;
+    uint64_t tile_stride = cx->act.nb * CPU_AMX_TILE_BYTES;
+    if (n_tiles >= AMX_TOKEN_SPLIT) {
+        uint64_t lo, hi;
+        eng_split(n_tiles, ith, nth, &lo, &hi);
+        uint32_t tok0 = (uint32_t)lo * 16, tok1 = (uint32_t)hi * 16 < T ? (uint32_t)hi * 16 : T;
+        for (uint32_t tok = tok0; tok < tok1; tok++)
+            cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
+        for (uint32_t i = 0; i < t->n_mats && tok0 < tok1; i++) {
+            const cpu_mat *m = t->mats[i];
+            cpu_amx_matmul(&m->r16, 0, m->r16.n_groups, tiles + lo * tile_stride, tok1 - tok0,
+                           t->out[i] + (uint64_t)tok0 * m->rows, m->rows);
+            add_bias(t, i, tok0, tok1, 0, m->rows);
+        }
+        return;
+    }
+    for (uint32_t tok = 0; tok < T; tok++)
+        cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < t->n_mats; i++)
+        total += t->mats[i]->r16.n_groups;
+    uint64_t lo, hi, base = 0;
+    eng_split(total, ith, nth, &lo, &hi);
+    for (uint32_t i = 0; i < t->n_mats && base < hi; base += t->mats[i]->r16.n_groups, i++) {
+        const cpu_mat *m = t->mats[i];
+        uint64_t n = m->r16.n_groups, a = lo > base ? lo - base : 0, b = hi - base < n ? hi - base : n;
+        if (a >= b)
+            continue;
+        cpu_amx_matmul(&m->r16, a, b, tiles, T, t->out[i], m->rows);
+        add_bias(t, i, 0, T, a * CPU_R16_ROWS, b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows);
+    }
+}
+
 static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
 {
     matmul_task *t = arg;
+    if (t->amx) {
+        amx_run(t, ith, nth);
+        return;
+    }
     float *row = t->cx->rowbuf + (uint64_t)ith * 4 * t->cx->widest;
     uint64_t total = 0;
     for (uint32_t i = 0; i < t->n_mats; i++)
@@ -235,18 +290,13 @@ static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
         if (a >= b)
             continue;
         if (is_quant(m)) {
-            if (t->amx)
-                cpu_amx_matmul(&m->r16, a, b, t->cx->tiles, t->n_tokens, t->out[i], m->rows);
-            else
-                t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
+            t->cx->k->matmul_r16(&m->r16, a, b, &t->cx->act, t->n_tokens, t->out[i], m->rows);
             a *= CPU_R16_ROWS;
             b = b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows;
         } else {
             matmul_float_rows(t, m, t->out[i], a, b, row);
         }
-        for (uint32_t tok = 0; tok < t->n_tokens && t->bias[i]; tok++)
-            for (uint64_t r = a; r < b; r++)
-                t->out[i][(uint64_t)tok * m->rows + r] += t->bias[i][r];
+        add_bias(t, i, 0, t->n_tokens, a, b);
     }
 }
 
@@ -254,7 +304,6 @@ typedef struct quant_task {
     cpu_ctx *cx;
     const float *x;
     uint32_t n_tokens;
-    uint32_t amx_dtype;      /* also write AMX operands for this dtype, or 0 */
 } quant_task;
 
 static void quant_run(void *arg, uint32_t ith, uint32_t nth)
@@ -262,12 +311,8 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
     quant_task *t = arg;
     uint64_t lo, hi;
     eng_split(t->n_tokens, ith, nth, &lo, &hi);
-    for (uint64_t tok = lo; tok < hi; tok++) {
-        if (t->amx_dtype) /* only the AMX operands are read */
-            cpu_amx_quant(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok, t->amx_dtype, t->cx->tiles);
-        else
-            t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
-    }
+    for (uint64_t tok = lo; tok < hi; tok++)
+        t->cx->k->quant_act(t->x + tok * t->cx->act.n, &t->cx->act, (uint32_t)tok);
 }
 
 /* Runs matmuls that share input x [T][cols] in one parallel region, after quantizing x when
@@ -288,10 +333,10 @@ static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, c
         cx->act.n = mats[0]->cols;
         cx->act.nb = mats[0]->cols / 32;
         t.amx = cx->amx && same && n_tokens >= AMX_MIN_TOKENS;
-        quant_task q = {cx, x, n_tokens, t.amx ? mats[0]->dtype : 0};
-        if (n_tokens >= 16)
+        quant_task q = {cx, x, n_tokens};
+        if (!t.amx && n_tokens >= 16) /* (on AMX each thread quantizes what it needs: amx_run) */
             eng_pool_run(cx->pool, quant_run, &q);
-        else
+        else if (!t.amx)
             quant_run(&q, 0, 1);
     }
     eng_pool_run(cx->pool, matmul_run, &t);
@@ -614,7 +659,8 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->act.s = malloc(T * (widest / 32) * sizeof(float));
     cx->act.sx = malloc(T * (widest / 32) * sizeof(float));
     cx->amx = cpu_kernels_use_amx();
-    if (cx->amx && !(cx->tiles = aligned_alloc(64, (T + 15) / 16 * (widest / 32) * CPU_AMX_TILE_BYTES)))
+    cx->tiles_bytes = (T + 15) / 16 * (widest / 32) * CPU_AMX_TILE_BYTES;
+    if (cx->amx && !(cx->tiles = aligned_alloc(64, eng_pool_size(cx->pool) * cx->tiles_bytes)))
         goto nomem;
     cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
     uint64_t nth = eng_pool_size(cx->pool), group = c->n_head / c->n_head_kv;

@@ -47,17 +47,20 @@ int cpu_amx_available(void)
     return ok;
 }
 
-/* pi: position k of a block's K order holds weight 8 (k / 8) + pi[k % 8] */
-static const uint8_t pi_q4[8] = {0, 4, 1, 5, 2, 6, 3, 7}, pi_q8[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+/* The K order of a block's operands: position k holds element 8 (k / 8) + pi[k % 8], with pi
+ * (0 4 1 5 2 6 3 7) for Q4 and (0 2 1 3 4 6 5 7) for Q8. As constant index vectors (built at
+ * run time they would be stored and reloaded on every call): 16-bit for the whole block,
+ * 32-bit for each half, both halves' indices relative to their own half. */
+#define PI16(a, b, c, d, e, f, g, h) a, b, c, d, e, f, g, h, 8 + a, 8 + b, 8 + c, 8 + d, 8 + e, 8 + f, 8 + g, 8 + h
+static const uint16_t pi16_q4[32] = {PI16(0, 4, 1, 5, 2, 6, 3, 7), PI16(16, 20, 17, 21, 18, 22, 19, 23)};
+static const uint16_t pi16_q8[32] = {PI16(0, 2, 1, 3, 4, 6, 5, 7), PI16(16, 18, 17, 19, 20, 22, 21, 23)};
+static const uint32_t pi32_q4[16] = {PI16(0, 4, 1, 5, 2, 6, 3, 7)};
+static const uint32_t pi32_q8[16] = {PI16(0, 2, 1, 3, 4, 6, 5, 7)};
 
 /* Token t's row of every block's A operands in tiles, from x16 (already quantized in a). */
 void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
 {
-    const uint8_t *pi = dtype == SNAP_Q4 ? pi_q4 : pi_q8;
-    uint16_t idx[32];
-    for (int k = 0; k < 32; k++)
-        idx[k] = (uint16_t)(8 * (k / 8) + pi[k % 8]);
-    __m512i perm = _mm512_loadu_si512(idx), lowb = _mm512_set1_epi16(0xff);
+    __m512i perm = _mm512_loadu_si512(dtype == SNAP_Q4 ? pi16_q4 : pi16_q8), lowb = _mm512_set1_epi16(0xff);
     uint8_t *dst = tiles + (uint64_t)(t / 16) * a->nb * CPU_AMX_TILE_BYTES;
     const int16_t *x = a->x16 + (uint64_t)t * a->n;
     for (uint64_t b = 0; b < a->nb; b++, dst += CPU_AMX_TILE_BYTES) {
@@ -73,11 +76,7 @@ void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
  * kernels_avx512.c's quant_act (the same x16, s and sx, bit for bit) without writing x16. */
 void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
 {
-    const uint8_t *pi = dtype == SNAP_Q4 ? pi_q4 : pi_q8;
-    uint32_t idx[2][16];
-    for (int k = 0; k < 32; k++) /* K position k of the operand holds element 8 (k / 8) + pi[k % 8] */
-        idx[k / 16][k % 16] = (uint32_t)(8 * (k / 8) + pi[k % 8]);
-    const __m512i p0 = _mm512_loadu_si512(idx[0]), p1 = _mm512_loadu_si512(idx[1]), lowb = _mm512_set1_epi32(0xff);
+    const __m512i perm = _mm512_loadu_si512(dtype == SNAP_Q4 ? pi32_q4 : pi32_q8), lowb = _mm512_set1_epi32(0xff);
     const __m512 lim = _mm512_set1_ps(CPU_ACT_MAX), nlim = _mm512_set1_ps(-CPU_ACT_MAX);
     uint8_t *dst = tiles + (uint64_t)(t / 16) * a->nb * CPU_AMX_TILE_BYTES;
     for (uint64_t b = 0; b < a->nb; b++, dst += CPU_AMX_TILE_BYTES) {
@@ -90,7 +89,7 @@ void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype,
         int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
         /* elements in operand order: positions 0..15 from elements 0..15 (a permutation within
          * each 8), positions 16..31 likewise from 16..31 */
-        __m512i q0 = _mm512_permutexvar_epi32(p0, i0), q1 = _mm512_permutexvar_epi32(_mm512_sub_epi32(p1, _mm512_set1_epi32(16)), i1);
+        __m512i q0 = _mm512_permutexvar_epi32(perm, i0), q1 = _mm512_permutexvar_epi32(perm, i1);
         uint8_t *row = dst + (t % 16) * 32;
         _mm_storeu_si128((__m128i *)row, _mm512_cvtepi32_epi8(_mm512_srai_epi32(q0, 8)));
         _mm_storeu_si128((__m128i *)(row + 16), _mm512_cvtepi32_epi8(_mm512_srai_epi32(q1, 8)));
