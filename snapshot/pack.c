@@ -259,22 +259,6 @@ static void to_split(const snap_tensor *t, const uint8_t *blocks, uint8_t *out)
     }
 }
 
-/* BLOCKS bytes -> R16 (FORMAT.md); rows are a multiple of 16, so the size is the same. */
-static void to_r16(const snap_tensor *t, const uint8_t *blocks, uint8_t *out)
-{
-    uint32_t bb = t->dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES;
-    uint64_t nb = t->shape[1] / SNAP_QBLOCK;
-    for (uint64_t r = 0; r < t->shape[0]; r++)
-        for (uint64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = blocks + (r * nb + b) * bb;
-            int8_t q[32];
-            for (int j = 0; j < 32; j++)
-                q[j] = t->dtype == SNAP_Q4 ? (int8_t)(j < 16 ? blk[4 + j] & 15 : blk[4 + j - 16] >> 4) : (int8_t)blk[2 + j];
-            snap_r16_put(out, t->dtype, nb, r, b, (uint16_t)(blk[0] | blk[1] << 8),
-                         t->dtype == SNAP_Q4 ? (uint16_t)(blk[2] | blk[3] << 8) : 0, q);
-        }
-}
-
 /* ---- metadata ------------------------------------------------------------------------- */
 
 static uint64_t vocab_bytes(const snap_vocab *v)
@@ -474,7 +458,7 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
             to_split(t, tbuf, sbuf);
             bytes = sbuf;
         } else if (t->layout == SNAP_LAYOUT_R16) {
-            to_r16(t, tbuf, sbuf);
+            snap_to_r16(t->dtype, SNAP_LAYOUT_BLOCKS, t->shape[0], t->shape[1], tbuf, sbuf);
             bytes = sbuf;
         }
         if ((rc = emit(&w, bytes, t->size, err)))

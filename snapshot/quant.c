@@ -387,9 +387,27 @@ void snap_dequant_q8_row(const uint8_t *src, float *dst, uint64_t n)
     dq_q8_0(src, dst, n);
 }
 
+/* Block k (row-major over the matrix's rows x nb blocks) of a BLOCKS or SPLIT Q4/Q8 matrix
+ * of `total` blocks as whole-block (BLOCKS) bytes: in place for BLOCKS, reassembled from the
+ * planes into blk for SPLIT. */
+static const uint8_t *block_at(uint32_t dtype, uint32_t layout, const uint8_t *src, uint64_t total, uint64_t k,
+                               uint8_t blk[SNAP_Q8_BLOCK_BYTES])
+{
+    uint32_t bb = dtype == SNAP_Q4 ? SNAP_Q4_BLOCK_BYTES : SNAP_Q8_BLOCK_BYTES, head = dtype == SNAP_Q4 ? 4 : 2;
+    uint32_t qb = bb - head;
+    if (layout == SNAP_LAYOUT_BLOCKS)
+        return src + k * bb;
+    const uint8_t *sc = src + total * qb, *mn = sc + total * 2;
+    memcpy(blk, sc + 2 * k, 2);
+    if (dtype == SNAP_Q4)
+        memcpy(blk + 2, mn + 2 * k, 2);
+    memcpy(blk + head, src + k * qb, qb);
+    return blk;
+}
+
 /* ---- R16 (FORMAT.md) -------------------------------------------------------------------- */
 
-static uint64_t r16_unit(uint32_t dtype) { return dtype == SNAP_Q4 ? 320 : 544; }
+static uint64_t r16_unit(uint32_t dtype) { return dtype == SNAP_Q4 ? SNAP_R16_Q4_UNIT : SNAP_R16_Q8_UNIT; }
 static uint64_t r16_qbytes(uint32_t dtype) { return dtype == SNAP_Q4 ? 256 : 512; }
 
 uint64_t snap_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols)
@@ -454,6 +472,22 @@ void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, u
     *d = (uint16_t)(src[dof] | src[dof + 1] << 8);
 }
 
+void snap_to_r16(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, const uint8_t *src, uint8_t *dst)
+{
+    uint64_t nb = cols / SNAP_QBLOCK;
+    memset(dst, 0, snap_r16_bytes(dtype, rows, cols));
+    for (uint64_t r = 0; r < rows; r++)
+        for (uint64_t b = 0; b < nb; b++) {
+            uint8_t tmp[SNAP_Q8_BLOCK_BYTES];
+            const uint8_t *blk = block_at(dtype, layout, src, rows * nb, r * nb + b, tmp);
+            int8_t q[32];
+            for (int j = 0; j < 32; j++)
+                q[j] = dtype == SNAP_Q4 ? (int8_t)(j < 16 ? blk[4 + j] & 15 : blk[4 + j - 16] >> 4) : (int8_t)blk[2 + j];
+            snap_r16_put(dst, dtype, nb, r, b, (uint16_t)(blk[0] | blk[1] << 8),
+                         dtype == SNAP_Q4 ? (uint16_t)(blk[2] | blk[3] << 8) : 0, q);
+        }
+}
+
 void snap_r16_to_split(const snap_tensor *t, const uint8_t *src, uint8_t *dst)
 {
     uint64_t rows = t->shape[0], nb = t->shape[1] / SNAP_QBLOCK, total = rows * nb;
@@ -513,16 +547,9 @@ void snap_tensor_row_f32(const snap_tensor *t, const uint8_t *image, uint64_t ro
             return;
         }
         /* SPLIT: reassemble each block from the planes, then decode it */
-        uint32_t head = t->dtype == SNAP_Q4 ? 4 : 2, qb = bb - head;
-        uint64_t total = rows * nb;
-        const uint8_t *q = base, *sc = base + total * qb, *mn = sc + total * 2;
         for (uint64_t b = 0; b < nb; b++) {
-            uint8_t blk[SNAP_Q8_BLOCK_BYTES];
-            uint64_t k = row * nb + b;
-            memcpy(blk, sc + 2 * k, 2);
-            if (t->dtype == SNAP_Q4)
-                memcpy(blk + 2, mn + 2 * k, 2);
-            memcpy(blk + head, q + k * qb, qb);
+            uint8_t tmp[SNAP_Q8_BLOCK_BYTES];
+            const uint8_t *blk = block_at(t->dtype, t->layout, base, rows * nb, row * nb + b, tmp);
             if (t->dtype == SNAP_Q4)
                 snap_dequant_q4_row(blk, out + b * SNAP_QBLOCK, SNAP_QBLOCK);
             else

@@ -80,6 +80,8 @@ enum snap_dtype { SNAP_F32 = 0, SNAP_F16 = 1, SNAP_BF16 = 2, SNAP_Q8 = 3, SNAP_Q
  *         4 bytes of every row (the CPU layout: FORMAT.md; 2-D, rows a multiple of 16). */
 enum snap_layout { SNAP_LAYOUT_BLOCKS = 0, SNAP_LAYOUT_SPLIT = 1, SNAP_LAYOUT_R16 = 2 };
 #define SNAP_R16_ROWS 16
+#define SNAP_R16_Q4_UNIT 320 /* bytes per block of a 16-row group: 256 quants + 16 d + 16 m (f16) */
+#define SNAP_R16_Q8_UNIT 544 /* 512 quants + 16 d */
 
 enum snap_target { SNAP_TARGET_CPU = 0, SNAP_TARGET_CUDA = 1 };
 enum snap_quant { SNAP_QUANT_Q4 = 0, SNAP_QUANT_Q8 = 1, SNAP_QUANT_F16 = 2 };
@@ -224,6 +226,9 @@ void snap_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_
                   const int8_t q[32]);
 void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t *d, uint16_t *m,
                   int8_t q[32]);
+/* A rows x cols Q4/Q8 matrix stored as BLOCKS or SPLIT (layout), rearranged into R16 in dst
+ * (snap_r16_bytes; rows past the matrix in its last group zero). */
+void snap_to_r16(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, const uint8_t *src, uint8_t *dst);
 /* An R16 matrix t's bytes as SPLIT (the same size): a snapshot packed for the CPU on a GPU. */
 void snap_r16_to_split(const snap_tensor *t, const uint8_t *src, uint8_t *dst);
 /* Bytes of an R16 matrix: ceil(rows / 16) * 16 rows. */

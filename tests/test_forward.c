@@ -207,26 +207,12 @@ static void check_r16(uint32_t dtype)
     if (cpu_amx_available()) {
         static uint8_t tiles[TPAD / 16 * NB * CPU_AMX_TILE_BYTES];
         static float amx[T * ROWS];
-        static uint8_t fused[TPAD / 16 * NB * CPU_AMX_TILE_BYTES];
         cpu_act a = {x16[0], s[0], sx[0], COLS, NB};
-        for (uint32_t t = 0; t < T; t++) {
-            cpu_amx_prep(&a, t, dtype, tiles);
-            cpu_amx_quant(x + t * COLS, &a, t, dtype, fused);
-        }
+        for (uint32_t t = 0; t < T; t++)
+            cpu_amx_quant(x + t * COLS, &a, t, dtype, tiles);
         cpu_amx_matmul(&m, 0, m.n_groups, tiles, T, amx, ROWS);
         fprintf(stderr, "  %s amx: == portable %d\n", dtype == SNAP_Q4 ? "q4" : "q8", memcmp(amx, out[0], sizeof amx) == 0);
         CHECK(memcmp(amx, out[0], sizeof amx) == 0);
-        /* quantizing straight into the operands gives the same bytes for every real token */
-        int same = 1;
-        for (uint32_t t = 0; t < T; t++)
-            for (int b = 0; b < NB; b++) {
-                const uint8_t *p1 = tiles + ((t / 16) * NB + b) * CPU_AMX_TILE_BYTES, *p2 = fused + (p1 - tiles);
-                same &= memcmp(p1 + (t % 16) * 32, p2 + (t % 16) * 32, 32) == 0 &&
-                        memcmp(p1 + 512 + (t % 16) * 32, p2 + 512 + (t % 16) * 32, 32) == 0 &&
-                        memcmp(p1 + 1024 + (t % 16) * 4, p2 + 1024 + (t % 16) * 4, 4) == 0 &&
-                        memcmp(p1 + 1088 + (t % 16) * 4, p2 + 1088 + (t % 16) * 4, 4) == 0;
-            }
-        CHECK(same);
     } else {
         fprintf(stderr, "  no AMX on this CPU: the tile kernel is not run\n");
     }

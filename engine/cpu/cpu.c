@@ -72,6 +72,11 @@ typedef struct cpu_ctx {
 static inline int is_quant(const cpu_mat *m) { return m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8; }
 static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err);
 
+static cpu_r16 r16_view(const cpu_mat *m, const uint8_t *bytes)
+{
+    return (cpu_r16){m->dtype, m->rows, m->cols / 32, (m->rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS, bytes};
+}
+
 static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const float **vec, int required, eng_err *err)
 {
     const snap_tensor *t = snap_tensor_find(f, name);
@@ -97,65 +102,23 @@ static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const f
     if (!is_quant(m))
         return 0;
     if (t->layout == SNAP_LAYOUT_R16) { /* in place (256-aligned in a page-aligned image): what target cpu packs */
-        m->r16 = (cpu_r16){m->dtype, m->rows, m->cols / 32, (m->rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS, m->base};
+        m->r16 = r16_view(m, m->base);
         return 0;
     }
     return to_r16(m, t->layout, err);
 }
 
-/* One row of a snapshot-layout (BLOCKS / SPLIT) quantized matrix: block b's quants at
- * qs + b * q_stride, its f16 scale at d + b * dm_stride, Q4's f16 minimum at m + ... */
-typedef struct src_row {
-    const uint8_t *qs, *d, *m;
-    uint32_t q_stride, dm_stride;
-} src_row;
-
-static src_row row_at(const cpu_mat *m, uint32_t layout, uint64_t r)
-{
-    uint64_t nb = m->cols / 32;
-    if (m->dtype == SNAP_Q4) {
-        if (layout == SNAP_LAYOUT_BLOCKS) {
-            const uint8_t *s = m->base + r * nb * SNAP_Q4_BLOCK_BYTES;
-            return (src_row){s + 4, s, s + 2, SNAP_Q4_BLOCK_BYTES, SNAP_Q4_BLOCK_BYTES};
-        }
-        uint64_t total = m->rows * nb;
-        const uint8_t *sc = m->base + total * 16;
-        return (src_row){m->base + r * nb * 16, sc + r * nb * 2, sc + total * 2 + r * nb * 2, 16, 2};
-    }
-    if (layout == SNAP_LAYOUT_BLOCKS) {
-        const uint8_t *s = m->base + r * nb * SNAP_Q8_BLOCK_BYTES;
-        return (src_row){s + 2, s, NULL, SNAP_Q8_BLOCK_BYTES, SNAP_Q8_BLOCK_BYTES};
-    }
-    uint64_t total = m->rows * nb;
-    return (src_row){m->base + r * nb * 32, m->base + total * 32 + r * nb * 2, NULL, 32, 2};
-}
-
-static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
-
 /* Rearranges a BLOCKS / SPLIT matrix (a snapshot packed for CUDA, or rows not a multiple of
  * 16) into R16: an owned, 64-byte aligned copy, made once at load. */
 static int to_r16(cpu_mat *m, uint32_t layout, eng_err *err)
 {
-    uint64_t nb = m->cols / 32, bytes = snap_r16_bytes(m->dtype, m->rows, m->cols);
+    uint64_t bytes = snap_r16_bytes(m->dtype, m->rows, m->cols);
     m->owned = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!m->owned)
         return eng_fail(err, ENG_ENOMEM, "out of memory rearranging a %llu x %llu matrix",
                         (unsigned long long)m->rows, (unsigned long long)m->cols);
-    memset(m->owned, 0, bytes);
-    for (uint64_t r = 0; r < m->rows; r++) {
-        src_row q = row_at(m, layout, r);
-        for (uint64_t b = 0; b < nb; b++) {
-            const uint8_t *qs = q.qs + b * q.q_stride;
-            int8_t v[32];
-            for (int j = 0; j < 16 && m->dtype == SNAP_Q4; j++)
-                v[j] = (int8_t)(qs[j] & 15), v[j + 16] = (int8_t)(qs[j] >> 4);
-            if (m->dtype == SNAP_Q8)
-                memcpy(v, qs, 32);
-            snap_r16_put(m->owned, m->dtype, nb, r, b, rd16(q.d + b * q.dm_stride),
-                        m->dtype == SNAP_Q4 ? rd16(q.m + b * q.dm_stride) : 0, v);
-        }
-    }
-    m->r16 = (cpu_r16){m->dtype, m->rows, nb, (m->rows + CPU_R16_ROWS - 1) / CPU_R16_ROWS, m->owned};
+    snap_to_r16(m->dtype, layout, m->rows, m->cols, m->base, m->owned);
+    m->r16 = r16_view(m, m->owned);
     return 0;
 }
 

@@ -34,8 +34,8 @@
 #include <stdint.h>
 
 #define CPU_R16_ROWS SNAP_R16_ROWS
-#define CPU_R16_Q4_UNIT 320 /* bytes per block of a group: 256 quants + 32 d + 32 m */
-#define CPU_R16_Q8_UNIT 544 /* 512 quants + 32 d */
+#define CPU_R16_Q4_UNIT SNAP_R16_Q4_UNIT
+#define CPU_R16_Q8_UNIT SNAP_R16_Q8_UNIT
 #define CPU_ACT_MAX 32767.0f
 
 /* A Q4 / Q8 matrix in R16: n_groups = ceil(rows / 16) groups of nb blocks. */
@@ -93,14 +93,12 @@ const cpu_kernels *cpu_kernels_avx2(void);      /* NULL when the CPU lacks AVX2/
 const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/VNNI */
 
 /* AMX (kernels_amx.c): the quantized matmul for batches, bitwise equal to matmul_r16.
- * cpu_amx_prep writes token t's activations (quantized in a) into tiles, laid out for
- * matrices of the given dtype: per 16-token tile and block, CPU_AMX_TILE_BYTES of A
- * operands (high bytes [16][32], low bytes [16][32]) and the tokens' s[16] and sx[16].
- * cpu_amx_matmul then runs like matmul_r16 on the tokens' tiles. */
+ * cpu_amx_quant quantizes token t's f32 row into tiles, laid out for matrices of the given
+ * dtype: per 16-token tile and block, CPU_AMX_TILE_BYTES of A operands (high bytes [16][32],
+ * low bytes [16][32]) and the tokens' s[16] and sx[16] (a gives n and nb). cpu_amx_matmul then
+ * runs like matmul_r16 on those tiles. */
 #define CPU_AMX_TILE_BYTES 1152
 int cpu_amx_available(void);
-void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
-/* The same operands straight from token t's f32 x[a->n], in one pass (a gives n and nb). */
 void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles);
 void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride);

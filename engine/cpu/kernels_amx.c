@@ -48,32 +48,15 @@ int cpu_amx_available(void)
 }
 
 /* The K order of a block's operands: position k holds element 8 (k / 8) + pi[k % 8], with pi
- * (0 4 1 5 2 6 3 7) for Q4 and (0 2 1 3 4 6 5 7) for Q8. As constant index vectors (built at
- * run time they would be stored and reloaded on every call): 16-bit for the whole block,
- * 32-bit for each half, both halves' indices relative to their own half. */
+ * (0 4 1 5 2 6 3 7) for Q4 and (0 2 1 3 4 6 5 7) for Q8; as constant index vectors for one
+ * half of the block (built at run time they would be stored and reloaded on every call). */
 #define PI16(a, b, c, d, e, f, g, h) a, b, c, d, e, f, g, h, 8 + a, 8 + b, 8 + c, 8 + d, 8 + e, 8 + f, 8 + g, 8 + h
-static const uint16_t pi16_q4[32] = {PI16(0, 4, 1, 5, 2, 6, 3, 7), PI16(16, 20, 17, 21, 18, 22, 19, 23)};
-static const uint16_t pi16_q8[32] = {PI16(0, 2, 1, 3, 4, 6, 5, 7), PI16(16, 18, 17, 19, 20, 22, 21, 23)};
 static const uint32_t pi32_q4[16] = {PI16(0, 4, 1, 5, 2, 6, 3, 7)};
 static const uint32_t pi32_q8[16] = {PI16(0, 2, 1, 3, 4, 6, 5, 7)};
 
-/* Token t's row of every block's A operands in tiles, from x16 (already quantized in a). */
-void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
-{
-    __m512i perm = _mm512_loadu_si512(dtype == SNAP_Q4 ? pi16_q4 : pi16_q8), lowb = _mm512_set1_epi16(0xff);
-    uint8_t *dst = tiles + (uint64_t)(t / 16) * a->nb * CPU_AMX_TILE_BYTES;
-    const int16_t *x = a->x16 + (uint64_t)t * a->n;
-    for (uint64_t b = 0; b < a->nb; b++, dst += CPU_AMX_TILE_BYTES) {
-        __m512i v = _mm512_permutexvar_epi16(perm, _mm512_loadu_si512(x + 32 * b));
-        _mm256_storeu_si256((__m256i *)(dst + (t % 16) * 32), _mm512_cvtepi16_epi8(_mm512_srai_epi16(v, 8)));
-        _mm256_storeu_si256((__m256i *)(dst + 512 + (t % 16) * 32), _mm512_cvtepi16_epi8(_mm512_and_si512(v, lowb)));
-        ((float *)(dst + 1024))[t % 16] = a->s[(uint64_t)t * a->nb + b];
-        ((float *)(dst + 1088))[t % 16] = a->sx[(uint64_t)t * a->nb + b];
-    }
-}
-
 /* Quantizes token t's x[n] (n = a->n) straight into the A operands: the steps of
- * kernels_avx512.c's quant_act (the same x16, s and sx, bit for bit) without writing x16. */
+ * kernels_avx512.c's quant_act (the same x16, s and sx, bit for bit), split into the high and
+ * low bytes of the operands, without writing x16. */
 void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles)
 {
     const __m512i perm = _mm512_loadu_si512(dtype == SNAP_Q4 ? pi32_q4 : pi32_q8), lowb = _mm512_set1_epi32(0xff);
@@ -268,7 +251,6 @@ void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *t
 }
 #else
 int cpu_amx_available(void) { return 0; }
-void cpu_amx_prep(const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
 void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype, uint8_t *tiles) {}
 void cpu_amx_matmul(const cpu_r16 *w, uint64_t g0, uint64_t g1, const uint8_t *tiles, uint32_t n_tok,
                     float *out, uint64_t out_stride)

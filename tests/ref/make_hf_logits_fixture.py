@@ -15,6 +15,7 @@ import struct
 import sys
 
 import numpy as np
+from logits_io import write_top
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -22,7 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = os.path.join(ROOT, "models")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = os.path.join(ROOT, "tests", "data", "logits")
-TOP = 32
 
 
 def read_prompts():
@@ -33,15 +33,6 @@ def read_prompts():
         prompts.append(list(struct.unpack_from(f"<{n}I", data, off + 4)))
         off += 4 + 4 * n
     return prompts
-
-
-def write_top(f, row):
-    m = row.max()
-    lse = m + np.log(np.exp(row - m).sum())
-    top = np.argsort(-row, kind="stable")[:TOP]
-    f.write(struct.pack("<f", lse))
-    for t in top:
-        f.write(struct.pack("<If", int(t), float(row[t])))
 
 
 def main():

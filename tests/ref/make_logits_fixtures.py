@@ -31,13 +31,13 @@ import sys
 
 import gguf
 import numpy as np
+from logits_io import write_top
 from gguf.quants import dequantize
 from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GGUF = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "tests", "data", "logits")
-TOP = 32
 WINDOW, N_WINDOWS = 512, 4
 
 CHAT = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
@@ -119,15 +119,6 @@ def exact_forward_factory():
         return rms(x, W["output_norm.weight"]) @ head.T
 
     return forward
-
-
-def write_top(f, row):
-    m = row.max()
-    lse = m + np.log(np.exp(row - m).sum())
-    top = np.argsort(-row, kind="stable")[:TOP]
-    f.write(struct.pack("<f", lse))
-    for t in top:
-        f.write(struct.pack("<If", int(t), float(row[t])))
 
 
 def main():
