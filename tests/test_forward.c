@@ -146,7 +146,7 @@ static int kernel_sets(const cpu_kernels **ks)
  * rows decode exactly as the snapshot's dequantizers; activations quantize bitwise alike in
  * every set; the matmul gives bitwise equal results in every set, for 11 tokens at once and
  * for each token alone, within 1e-4 of float64 over the dequantized weights. */
-static void check_r16(uint32_t dtype)
+static void check_r16(uint32_t dtype, int saturated)
 {
     enum { ROWS = 37, COLS = 256, NB = COLS / 32, T = 21, TPAD = 32 };
     const cpu_kernels *ks[3];
@@ -157,7 +157,8 @@ static void check_r16(uint32_t dtype)
     static float w[ROWS * COLS], deq[ROWS * COLS], row[COLS], x[T * COLS];
     uint8_t blocks[COLS / 32 * 34];
     for (int i = 0; i < ROWS * COLS; i++)
-        w[i] = sinf((float)i * 0.0173f) * (1.0f + (float)(i % 7));
+        w[i] = saturated ? (i / COLS % 2 ? -1.0f : 1.0f) * (1.0f - 0.003f * (float)(i % 5))
+                         : sinf((float)i * 0.0173f) * (1.0f + (float)(i % 7));
     for (int r = 0; r < ROWS; r++) {
         if (dtype == SNAP_Q4) {
             snap_quant_q4_row(w + r * COLS, blocks, COLS);
@@ -182,8 +183,9 @@ static void check_r16(uint32_t dtype)
         exact &= memcmp(row, deq + r * COLS, sizeof row) == 0;
     }
     CHECK(exact);
-    for (int i = 0; i < T * COLS; i++)
-        x[i] = cosf((float)i * 0.029f) * (i % 32 == 5 ? 40.0f : 1.0f); /* an outlier per block */
+    for (int i = 0; i < T * COLS; i++) /* an outlier per block, or all near the block's largest */
+        x[i] = saturated ? (i / COLS % 3 ? 1.0f : -1.0f) * (1.0f - 0.0007f * (float)(i % 11))
+                         : cosf((float)i * 0.029f) * (i % 32 == 5 ? 40.0f : 1.0f);
     static int16_t x16[3][T * COLS];
     static float s[3][T * NB], sx[3][T * NB], out[3][T * ROWS], one[T * ROWS];
     for (int k = 0; k < nk; k++) {
@@ -232,8 +234,16 @@ static void check_r16(uint32_t dtype)
     free(r16);
 }
 
-static void test_r16_q4(void) { check_r16(SNAP_Q4); }
-static void test_r16_q8(void) { check_r16(SNAP_Q8); }
+static void test_r16_q4(void) { check_r16(SNAP_Q4, 0); }
+static void test_r16_q8(void) { check_r16(SNAP_Q8, 0); }
+
+/* Weights and activations near their largest everywhere: Q8 block sums pass 2^24, where
+ * the conversion to f32 rounds, and every kernel (AMX included) must round alike. */
+static void test_r16_saturated(void)
+{
+    check_r16(SNAP_Q4, 1);
+    check_r16(SNAP_Q8, 1);
+}
 
 static void test_float_kernels_agree(void)
 {
@@ -321,6 +331,7 @@ int main(void)
     TEST_RUN(test_batch_equals_one_at_a_time);
     TEST_RUN(test_r16_q4);
     TEST_RUN(test_r16_q8);
+    TEST_RUN(test_r16_saturated);
     TEST_RUN(test_float_kernels_agree);
     TEST_END();
 }

@@ -4,7 +4,8 @@
  *
  * The arithmetic is the other kernels' (kernels.h), exactly: the int16 activations split
  * into a signed high and an unsigned low byte, x16 = 256 h + l, and two int8 tile products
- * give the exact integer block sums, isum = 256 (A_h B) + (A_l B). With A = 16 tokens x 32
+ * give the exact integer block sums, isum = 256 (A_h B) + (A_l B) (combined as floats with the
+ * same rounding as a conversion of isum: see magic[] below). With A = 16 tokens x 32
  * activations of one block and B = that block's 32 weights of a 16-row group, a product is
  * a 16 tokens x 16 rows tile of block sums; its rows (one token, 16 weight rows in lanes) go
  * through the same f32 epilogue as the AVX-512 kernel's lanes. So results are bitwise equal
@@ -121,13 +122,22 @@ static inline __attribute__((always_inline)) void expand_q4(const group_ctx *g, 
     }
 }
 
+/* Weights stream through this loop at a quarter of the vector kernels' rate, and with one
+ * prefetch CPU_PREFETCH_BYTES ahead (theirs) a streamed pass took 56-58 ns per block step
+ * against 48-49 with the weights in cache: prefetched far ahead into L2, then near into L1,
+ * it takes 49-53 (bench/RESULTS.md). */
+#define AMX_PREFETCH_L2 32768
+#define AMX_PREFETCH_L1 512
+
 /* B for block b: Q8 quants are B as stored; Q4 from the ring. */
 static inline __attribute__((always_inline)) const uint8_t *b_operand(const group_ctx *g, uint64_t b,
                                                                       uint8_t (*ring)[512])
 {
     const uint8_t *u = g->quants + b * g->qb;
-    for (uint64_t l = 0; l < g->qb; l += 64) /* every line of the block, as the vector kernels do */
-        _mm_prefetch((const char *)u + CPU_PREFETCH_BYTES + l, _MM_HINT_T0);
+    for (uint64_t l = 0; l < g->qb; l += 64) { /* every line of the block */
+        _mm_prefetch((const char *)u + AMX_PREFETCH_L2 + l, _MM_HINT_T1);
+        _mm_prefetch((const char *)u + AMX_PREFETCH_L1 + l, _MM_HINT_T0);
+    }
     if (!g->q4)
         return u;
     if (b + EXPAND_AHEAD < g->nb)
@@ -140,9 +150,9 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
  * memory for the compiler, and an array would be kept there. */
 #define EPI_T(t)                                                                                                   \
     do {                                                                                                           \
-        __m512i is = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512(c_ + 16 * t), 8),                       \
-                                      _mm512_load_si512(c_ + 256 + 16 * t));                                       \
-        acc##t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(d_, _mm512_set1_ps(s_[t])), acc##t);       \
+        __m512 isf = _mm512_add_ps(_mm512_sub_ps(_mm512_load_ps((const float *)c_ + 16 * t), kmag),               \
+                                   _mm512_load_ps((const float *)c_ + 256 + 16 * t));                              \
+        acc##t = _mm512_fmadd_ps(isf, _mm512_mul_ps(d_, _mm512_set1_ps(s_[t])), acc##t);                          \
         if (q4)                                                                                                    \
             acc##t = _mm512_fmadd_ps(m_, _mm512_set1_ps(s_[16 + t]), acc##t);                                      \
     } while (0)
@@ -165,8 +175,8 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
 
 #define PRODUCTS(B, CH, CL, q4)                                  \
     do {                                                         \
-        _tile_zero(CH);                                          \
-        _tile_zero(CL);                                          \
+        _tile_loadd(CH, magic[0], 0); /* stride 0: every row */  \
+        _tile_loadd(CL, magic[1], 0);                            \
         if (q4) {                                                \
             _tile_dpbsud(CH, 0, B); /* signed high x nibbles */  \
             _tile_dpbuud(CL, 1, B); /* unsigned low x nibbles */ \
@@ -188,6 +198,20 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
     if (t < n)                                                                                      \
         _mm512_mask_storeu_ps(out + (uint64_t)(t0 + t) * out_stride + gi * CPU_R16_ROWS, keep, acc##t);
 
+/* The two products start from "magic" bit patterns instead of zero, so their sums arrive as
+ * floats with no conversion. The high product's tile starts at the bits of 1.5 * 2^31, whose
+ * last mantissa bit is worth 256: adding the integer sum h (|h| < 2^22) to the bits gives the
+ * float 1.5 * 2^31 + 256 h. The low one starts at 1.5 * 2^23 (last bit worth 1): the float
+ * 1.5 * 2^23 + l. Then
+ *     (hi - (1.5 * 2^31 + 1.5 * 2^23)) + lo = 256 h + l = isum
+ * where the subtraction is exact (a multiple of 256 under 2^28) and the addition rounds once,
+ * to nearest, as the conversion of the integer isum does in the vector kernels: two float
+ * operations per 16 sums instead of a shift, an add and a conversion (tests/test_forward.c
+ * checks sums past 2^24, where that rounding happens). */
+#define MAG16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const _Alignas(64) int32_t magic[2][16] = {{MAG16(0x4F400000)}, {MAG16(0x4B400000)}};
+#define MAGIC_BOTH 3233808384.0f /* 1.5 * 2^31 + 1.5 * 2^23, exactly */
+
 static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64_t gi, const uint8_t *tiles,
                                                         uint32_t t0, uint32_t n, float *out, uint64_t out_stride,
                                                         const int q4)
@@ -201,6 +225,7 @@ static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64
     _Alignas(64) int32_t c[PHASE][512];
     for (uint64_t b = 0; q4 && b < EXPAND_AHEAD && b < g.nb; b++)
         expand_q4(&g, b, ring[b]);
+    const __m512 kmag = _mm512_set1_ps(MAGIC_BOTH);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0, acc6 = acc0,
            acc7 = acc0, acc8 = acc0, acc9 = acc0, acc10 = acc0, acc11 = acc0, acc12 = acc0, acc13 = acc0,
            acc14 = acc0, acc15 = acc0;
