@@ -28,6 +28,7 @@
 #include "kernels.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 typedef struct cpu_mat {
@@ -353,6 +354,7 @@ typedef struct attn_task {
     cpu_ctx *cx;
     const eng_batch *b;
     uint32_t layer;
+    atomic_uint next_unit; /* the next unit of work not yet taken by a thread */
 } attn_task;
 
 /* KV block `block` of kv head kvh in layer `layer`: D x 16 floats, keys transposed ([D][16])
@@ -363,7 +365,11 @@ static inline uint16_t *kv_block(const cpu_ctx *cx, uint16_t *cache, uint32_t la
     return cache + (((uint64_t)layer * cx->n_blocks + (uint64_t)block) * c->n_head_kv + kvh) * ENG_BLOCK_TOKENS * c->head_dim;
 }
 
-/* One work item per (token, KV head): the query heads sharing that KV head go together. */
+/* One kernel call per (token, KV head): the query heads sharing that KV head go together.
+ * A thread takes a token at a time, all its KV heads in turn, so the heads' K/V blocks,
+ * adjacent in the pool, are read one after another by one core (per layer at 16 sequences:
+ * 118 -> 101 us against (token, head) pairs dealt out alternately); units are taken as
+ * threads ask, since a prefill chunk's later tokens attend to more positions. */
 static void attn_run(void *arg, uint32_t ith, uint32_t nth)
 {
     attn_task *t = arg;
@@ -375,17 +381,21 @@ static void attn_run(void *arg, uint32_t ith, uint32_t nth)
     uint32_t max_blk = (cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS;
     float *sc = cx->scores + (uint64_t)ith * group * (cx->max_ctx + ENG_BLOCK_TOKENS);
     const uint16_t **kb = cx->blk_ptrs + (uint64_t)ith * 2 * max_blk, **vb = kb + max_blk;
-    /* interleaved, not in halves: a prefill chunk's later tokens attend to more positions */
-    for (uint64_t w = ith; w < (uint64_t)b->n_tokens * K; w += nth) {
-        uint32_t tok = (uint32_t)(w / K), kvh = (uint32_t)(w % K);
-        const eng_batch_seq *s = &b->seqs[b->seq[tok]];
-        uint32_t n_pos = (uint32_t)b->pos[tok] + 1;
-        for (uint32_t i = 0; i < (n_pos + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS; i++) {
-            kb[i] = kv_block(cx, cx->k_cache, t->layer, s->blocks[i], kvh);
-            vb[i] = kv_block(cx, cx->v_cache, t->layer, s->blocks[i], kvh);
+    /* a unit of work: a token's KV heads, or with fewer tokens than two per thread (a
+     * decode of one sequence) one head, so every thread still has work */
+    uint32_t per = b->n_tokens >= 2 * nth ? K : 1, n_units = b->n_tokens * K / per;
+    for (uint32_t u; (u = atomic_fetch_add_explicit(&t->next_unit, 1, memory_order_relaxed)) < n_units;) {
+        for (uint32_t w = u * per; w < (u + 1) * per; w++) {
+            uint32_t tok = w / K, kvh = w % K;
+            const eng_batch_seq *s = &b->seqs[b->seq[tok]];
+            uint32_t n_pos = (uint32_t)b->pos[tok] + 1;
+            for (uint32_t i = 0; i < (n_pos + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS; i++) {
+                kb[i] = kv_block(cx, cx->k_cache, t->layer, s->blocks[i], kvh);
+                vb[i] = kv_block(cx, cx->v_cache, t->layer, s->blocks[i], kvh);
+            }
+            uint64_t q0 = ((uint64_t)tok * H + (uint64_t)kvh * group) * D;
+            cx->k->attend(cx->q + q0, group, D, kb, vb, n_pos, scale, sc, cx->att + q0);
         }
-        uint64_t q0 = ((uint64_t)tok * H + (uint64_t)kvh * group) * D;
-        cx->k->attend(cx->q + q0, group, D, kb, vb, n_pos, scale, sc, cx->att + q0);
     }
 }
 
@@ -487,7 +497,7 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
         const float *qkv_bias[3] = {L->bq, L->bk, L->bv};
         matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias);
         run_tokens(cx, &tt, 1);
-        attn_task at = {cx, b, l};
+        attn_task at = {cx, b, l, 0};
         eng_pool_run(cx->pool, attn_run, &at);
         const cpu_mat *wo[1] = {&L->wo};
         float *wo_out[1] = {cx->xb};
