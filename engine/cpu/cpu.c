@@ -193,9 +193,24 @@ static void add_bias(const matmul_task *t, uint32_t i, uint32_t tok0, uint32_t t
 
 /* The AMX path. Each thread quantizes the tokens it needs into its own operand tiles, so no
  * pass over the pool precedes the matmul. From AMX_TOKEN_SPLIT tiles of 16 tokens (a prefill
- * chunk) threads take whole token tiles and every row; below, they take row groups and each
- * quantizes all the tokens (a few microseconds). */
+ * chunk) threads take token tiles with every row (amx_run); below, they take row groups and
+ * each quantizes all the tokens (a few microseconds). */
 #define AMX_TOKEN_SPLIT 8
+
+/* Row groups [lo, hi) of the task's matrices taken as one range (each matrix's groups after
+ * the previous one's), for tokens [ta, tb) whose operands are at tiles. */
+static void amx_groups(const matmul_task *t, uint64_t lo, uint64_t hi, const uint8_t *tiles, uint32_t ta, uint32_t tb)
+{
+    uint64_t base = 0;
+    for (uint32_t i = 0; i < t->n_mats && base < hi; base += t->mats[i]->r16.n_groups, i++) {
+        const cpu_mat *m = t->mats[i];
+        uint64_t n = m->r16.n_groups, a = lo > base ? lo - base : 0, b = hi - base < n ? hi - base : n;
+        if (a >= b)
+            continue;
+        cpu_amx_matmul(&m->r16, a, b, tiles, tb - ta, t->out[i] + (uint64_t)ta * m->rows, m->rows);
+        add_bias(t, i, ta, tb, a * CPU_R16_ROWS, b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows);
+    }
+}
 
 static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
 {
@@ -206,45 +221,28 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
     uint64_t total = 0; /* row groups of all the matrices */
     for (uint32_t i = 0; i < t->n_mats; i++)
         total += t->mats[i]->r16.n_groups;
-    if (n_tiles >= AMX_TOKEN_SPLIT) {
-        /* the (tile, row group) pairs in tile order, split evenly: whole tiles each but for
-         * one tile shared at the boundary (9 tiles split 5 / 4 left a thread idle a fifth of
-         * the time) */
-        uint64_t lo, hi;
-        eng_split(n_tiles * total, ith, nth, &lo, &hi);
-        if (lo >= hi)
-            return;
-        uint32_t tile0 = (uint32_t)(lo / total), tile1 = (uint32_t)((hi - 1) / total) + 1;
-        uint32_t tok1 = tile1 * 16 < T ? tile1 * 16 : T;
-        for (uint32_t tok = tile0 * 16; tok < tok1; tok++)
+    if (n_tiles < AMX_TOKEN_SPLIT) {
+        for (uint32_t tok = 0; tok < T; tok++)
             cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
-        for (uint32_t tile = tile0; tile < tile1; tile++) {
-            uint64_t u0 = (uint64_t)tile * total, a0 = lo > u0 ? lo - u0 : 0, b0 = hi - u0 < total ? hi - u0 : total;
-            uint32_t ta = tile * 16, tb = ta + 16 < T ? ta + 16 : T;
-            uint64_t base = 0;
-            for (uint32_t i = 0; i < t->n_mats; base += t->mats[i]->r16.n_groups, i++) {
-                const cpu_mat *m = t->mats[i];
-                uint64_t n = m->r16.n_groups, a = a0 > base ? a0 - base : 0, b = b0 - base < n ? b0 - base : n;
-                if (b0 <= base || a >= b)
-                    continue;
-                cpu_amx_matmul(&m->r16, a, b, tiles + tile * tile_stride, tb - ta, t->out[i] + (uint64_t)ta * m->rows,
-                               m->rows);
-                add_bias(t, i, ta, tb, a * CPU_R16_ROWS, b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows);
-            }
-        }
+        uint64_t lo, hi;
+        eng_split(total, ith, nth, &lo, &hi);
+        amx_groups(t, lo, hi, tiles, 0, T);
         return;
     }
-    for (uint32_t tok = 0; tok < T; tok++)
+    /* the (tile, row group) pairs in tile order, split evenly: whole tiles each but for one
+     * tile shared at the boundary (9 tiles split 5 / 4 left a thread idle a fifth of the time) */
+    uint64_t lo, hi;
+    eng_split(n_tiles * total, ith, nth, &lo, &hi);
+    if (lo >= hi)
+        return;
+    uint32_t tile0 = (uint32_t)(lo / total), tile1 = (uint32_t)((hi - 1) / total) + 1;
+    uint32_t tok1 = tile1 * 16 < T ? tile1 * 16 : T;
+    for (uint32_t tok = tile0 * 16; tok < tok1; tok++)
         cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
-    uint64_t lo, hi, base = 0;
-    eng_split(total, ith, nth, &lo, &hi);
-    for (uint32_t i = 0; i < t->n_mats && base < hi; base += t->mats[i]->r16.n_groups, i++) {
-        const cpu_mat *m = t->mats[i];
-        uint64_t n = m->r16.n_groups, a = lo > base ? lo - base : 0, b = hi - base < n ? hi - base : n;
-        if (a >= b)
-            continue;
-        cpu_amx_matmul(&m->r16, a, b, tiles, T, t->out[i], m->rows);
-        add_bias(t, i, 0, T, a * CPU_R16_ROWS, b * CPU_R16_ROWS < m->rows ? b * CPU_R16_ROWS : m->rows);
+    for (uint32_t tile = tile0; tile < tile1; tile++) {
+        uint64_t u0 = (uint64_t)tile * total;
+        uint32_t ta = tile * 16, tb = ta + 16 < T ? ta + 16 : T;
+        amx_groups(t, lo > u0 ? lo - u0 : 0, hi - u0 < total ? hi - u0 : total, tiles + tile * tile_stride, ta, tb);
     }
 }
 

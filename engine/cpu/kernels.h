@@ -54,7 +54,8 @@ typedef struct cpu_act {
 } cpu_act;
 
 /* The weights are read once per token; the hardware prefetcher falls behind that stream, so
- * the matmul kernels prefetch this far ahead of the unit they read (bench/RESULTS.md). A
+ * the vector matmul kernels prefetch this far ahead of the unit they read (bench/RESULTS.md;
+ * the AMX loop, slower per byte, has its own distances in kernels_amx.c). A
  * prefetch never faults, so running past the end of the weights is harmless. */
 #define CPU_PREFETCH_BYTES 4096
 
