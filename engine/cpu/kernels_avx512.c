@@ -180,6 +180,39 @@ static inline __m512 ld16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loa
 #define AHEAD 2
 #endif
 
+/* Scores of NB adjacent blocks (1 or 2) at once: each head's sum over the D dimensions is a
+ * chain of dependent FMAs, and three heads' chains alone left the FMA units waiting on their
+ * latency; two blocks give twice the independent chains (each block's sums keep their order). */
+static inline __attribute__((always_inline)) void key_blocks(const float *q, uint32_t d, const uint16_t *const *k,
+                                                             uint32_t i, uint32_t n_pos, float scale, float *sc,
+                                                             uint32_t stride, __m512 *mx, const int NQ, const int NB)
+{
+    __m512 acc[2][ATT_MAXQ];
+    for (int b = 0; b < NB; b++)
+        for (int h = 0; h < NQ; h++)
+            acc[b][h] = _mm512_setzero_ps();
+    for (uint32_t j = 0; j < d; j++) {
+        __m512 kj[2];
+        for (int b = 0; b < NB; b++)
+            kj[b] = ld16(k[i + b] + j * 16);
+        for (int h = 0; h < NQ; h++) {
+            __m512 qj = _mm512_set1_ps(q[h * d + j]);
+            for (int b = 0; b < NB; b++)
+                acc[b][h] = _mm512_fmadd_ps(qj, kj[b], acc[b][h]);
+        }
+    }
+    for (int b = 0; b < NB; b++) {
+        uint32_t left = n_pos - (i + b) * 16;
+        __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        for (int h = 0; h < NQ; h++) {
+            __m512 sv =
+                _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, _mm512_mul_ps(acc[b][h], _mm512_set1_ps(scale)));
+            _mm512_storeu_ps(sc + h * stride + (i + b) * 16, sv);
+            mx[h] = _mm512_max_ps(mx[h], sv);
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) void keys(const float *q, uint32_t d, const uint16_t *const *k,
                                                        const uint16_t *const *v,
                                                        uint32_t n_pos, float scale, float *sc, uint32_t stride,
@@ -187,30 +220,22 @@ static inline __attribute__((always_inline)) void keys(const float *q, uint32_t 
 {
     for (int h = 0; h < NQ; h++)
         mx[h] = _mm512_set1_ps(-INFINITY);
-    for (uint32_t i = 0; i * 16 < n_pos; i++) {
+    uint32_t n_blk = (n_pos + 15) / 16;
+    for (uint32_t i = 0; i < n_blk; i += 2) {
         /* blocks lie anywhere in the pool and a sequence's K/V outgrow the caches once a few
-         * sequences decode together: fetch keys AHEAD blocks ahead, and this block's values
+         * sequences decode together: fetch keys AHEAD blocks ahead, and these blocks' values
          * for the pass after this one */
-        if ((i + AHEAD) * 16 < n_pos)
+        for (uint32_t b = i; b < i + 2 && b < n_blk; b++) {
+            if (b + AHEAD < n_blk)
+                for (uint32_t l = 0; l < d * 32; l += 64)
+                    _mm_prefetch((const char *)k[b + AHEAD] + l, _MM_HINT_T0);
             for (uint32_t l = 0; l < d * 32; l += 64)
-                _mm_prefetch((const char *)k[i + AHEAD] + l, _MM_HINT_T0);
-        for (uint32_t l = 0; l < d * 32; l += 64)
-            _mm_prefetch((const char *)v[i] + l, _MM_HINT_T1);
-        __m512 acc[ATT_MAXQ];
-        for (int h = 0; h < NQ; h++)
-            acc[h] = _mm512_setzero_ps();
-        for (uint32_t j = 0; j < d; j++) {
-            __m512 kj = ld16(k[i] + j * 16);
-            for (int h = 0; h < NQ; h++)
-                acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * d + j]), kj, acc[h]);
+                _mm_prefetch((const char *)v[b] + l, _MM_HINT_T1);
         }
-        uint32_t left = n_pos - i * 16;
-        __mmask16 live = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        for (int h = 0; h < NQ; h++) {
-            __m512 sv = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
-            _mm512_storeu_ps(sc + h * stride + i * 16, sv);
-            mx[h] = _mm512_max_ps(mx[h], sv);
-        }
+        if (i + 1 < n_blk)
+            key_blocks(q, d, k, i, n_pos, scale, sc, stride, mx, NQ, 2);
+        else
+            key_blocks(q, d, k, i, n_pos, scale, sc, stride, mx, NQ, 1);
     }
 }
 
