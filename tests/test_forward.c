@@ -324,6 +324,46 @@ static void test_float_kernels_agree(void)
         }
 }
 
+/* RoPE in every kernel set, both pairings, equals the rotation written out per pair
+ * (x0 cos - x1 sin, x0 sin + x1 cos) bitwise; d = 48 takes the halves fallback. */
+static void test_rope(void)
+{
+    const cpu_kernels *ks[3];
+    int nk = kernel_sets(ks);
+    enum { N = 3, DMAX = 128 };
+    static const uint32_t dims[] = {64, 128, 48};
+    float inv[DMAX / 2], cs[2 * DMAX], v[N * DMAX], want[N * DMAX];
+    for (int halves = 0; halves < 2; halves++)
+        for (size_t di = 0; di < sizeof dims / sizeof *dims; di++) {
+            uint32_t d = dims[di];
+            for (uint32_t i = 0; i < d / 2; i++)
+                inv[i] = powf(10000.0f, -2.0f * (float)i / (float)d);
+            float pos = 37.0f;
+            cpu_rope_table(pos, inv, d, halves, cs);
+            for (uint32_t h = 0; h < N; h++)
+                for (uint32_t i = 0; i < d / 2; i++) {
+                    uint32_t a = halves ? i : 2 * i, b = halves ? i + d / 2 : 2 * i + 1;
+                    float x0 = sinf((float)(h * d + a) * 0.7f), x1 = cosf((float)(h * d + b) * 0.3f);
+                    float c = cosf(pos * inv[i]), sn = sinf(pos * inv[i]);
+                    want[h * d + a] = x0 * c - x1 * sn;
+                    want[h * d + b] = x0 * sn + x1 * c;
+                }
+            for (int k = 0; k < nk; k++) {
+                for (uint32_t h = 0; h < N; h++)
+                    for (uint32_t j = 0; j < d; j++)
+                        v[h * d + j] = (halves ? j < d / 2 : j % 2 == 0) ? sinf((float)(h * d + j) * 0.7f)
+                                                                       : cosf((float)(h * d + j) * 0.3f);
+                ks[k]->rope(v, N, d, cs, halves);
+                int same = 1;
+                for (uint32_t j = 0; j < N * d; j++)
+                    same &= memcmp(&v[j], &want[j], sizeof(float)) == 0;
+                if (!same)
+                    fprintf(stderr, "  rope: %s kernels, d %u, %s differ\n", ks[k]->name, d, halves ? "halves" : "pairs");
+                CHECK(same);
+            }
+        }
+}
+
 int main(void)
 {
     TEST_RUN(test_llama_hf_layout);
@@ -333,5 +373,6 @@ int main(void)
     TEST_RUN(test_r16_q8);
     TEST_RUN(test_r16_saturated);
     TEST_RUN(test_float_kernels_agree);
+    TEST_RUN(test_rope);
     TEST_END();
 }

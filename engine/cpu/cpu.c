@@ -57,7 +57,8 @@ typedef struct cpu_ctx {
     uint32_t max_tokens, max_ctx, n_blocks;
     uint16_t *k_cache, *v_cache;      /* f16 */
     /* scratch */
-    float *x, *xb, *q, *kx, *vx, *att, *g, *u, *cs;
+    float *x, *xb, *q, *kx, *vx, *att, *g, *u;
+    float *cs;                        /* [T][2 D] RoPE tables (cpu_rope_table) */
     cpu_act act;                      /* a quantized matmul's input: [T][widest] int16 + scales */
     int amx;                          /* batches of AMX_MIN_TOKENS or more run on AMX tiles */
     uint8_t *tiles;                   /* [threads][T / 16][widest / 32] AMX A operands (kernels.h) */
@@ -336,18 +337,6 @@ static void rmsnorm(float *out, const float *x, const float *w, uint64_t n, floa
         out[i] = x[i] * scale * w[i];
 }
 
-/* Rotates one head vector in place by the token's angles (cs: cos[D/2] then sin[D/2]). */
-static void rope_head(float *v, const float *cs, uint32_t d, uint32_t style)
-{
-    const float *cosv = cs, *sinv = cs + d / 2;
-    for (uint32_t i = 0; i < d / 2; i++) {
-        uint32_t a = style == SNAP_ROPE_NEOX ? i : 2 * i, b = style == SNAP_ROPE_NEOX ? i + d / 2 : 2 * i + 1;
-        float x0 = v[a], x1 = v[b];
-        v[a] = x0 * cosv[i] - x1 * sinv[i];
-        v[b] = x0 * sinv[i] + x1 * cosv[i];
-    }
-}
-
 typedef struct attn_task {
     cpu_ctx *cx;
     const eng_batch *b;
@@ -418,15 +407,15 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
         switch (t->what) {
         case 0: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->attn_norm, E, c->rms_eps); break;
         case 1: {
-            const float *cs = cx->cs + tok * D;
-            for (uint32_t h = 0; h < H; h++)
-                rope_head(cx->q + (tok * H + h) * D, cs, D, c->rope_style);
+            const float *cs = cx->cs + tok * 2 * D;
+            int halves = c->rope_style == SNAP_ROPE_NEOX;
+            cx->k->rope(cx->q + tok * H * D, H, D, cs, halves);
+            cx->k->rope(cx->kx + tok * K * D, K, D, cs, halves);
             const eng_batch_seq *s = &t->b->seqs[t->b->seq[tok]];
             int32_t p = t->b->pos[tok];
             uint32_t slot = (uint32_t)p % ENG_BLOCK_TOKENS;
             for (uint32_t h = 0; h < K; h++) {
                 float *kv = cx->kx + (tok * K + h) * D;
-                rope_head(kv, cs, D, c->rope_style);
                 uint16_t *kc = kv_block(cx, cx->k_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h);
                 uint16_t *vc = kv_block(cx, cx->v_cache, t->layer, s->blocks[p / ENG_BLOCK_TOKENS], h) + slot * D;
                 cx->k->to_f16(kv, kc + slot, D, ENG_BLOCK_TOKENS);
@@ -478,13 +467,7 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
     /* embeddings and rope angles */
     for (uint32_t i = 0; i < T; i++) {
         mat_row_f32(&cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
-        float *cs = cx->cs + (uint64_t)i * D;
-        float pos = (float)b->pos[i];
-        for (uint32_t j = 0; j < D / 2; j++) {
-            float a = pos * cx->inv_freq[j];
-            cs[j] = cosf(a);
-            cs[D / 2 + j] = sinf(a);
-        }
+        cpu_rope_table((float)b->pos[i], cx->inv_freq, D, c->rope_style == SNAP_ROPE_NEOX, cx->cs + (uint64_t)i * 2 * D);
     }
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const cpu_layer *L = &cx->layers[l];
@@ -646,7 +629,7 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->att = malloc(T * QD * sizeof(float));
     cx->g = malloc(T * (uint64_t)c->n_ff * sizeof(float));
     cx->u = malloc(T * (uint64_t)c->n_ff * sizeof(float));
-    cx->cs = malloc(T * (uint64_t)c->head_dim * sizeof(float));
+    cx->cs = malloc(T * 2 * (uint64_t)c->head_dim * sizeof(float));
     cx->widest = widest;
     cx->act.x16 = aligned_alloc(64, (T * widest * sizeof(int16_t) + 63) / 64 * 64);
     cx->act.s = malloc(T * (widest / 32) * sizeof(float));

@@ -135,8 +135,33 @@ void cpu_swiglu_c(float *g, const float *u, uint64_t n)
         g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
+void cpu_rope_table(float pos, const float *inv_freq, uint32_t d, int halves, float *cs)
+{
+    for (uint32_t i = 0; i < d / 2; i++) {
+        uint32_t a = halves ? i : 2 * i, b = halves ? i + d / 2 : 2 * i + 1; /* the pair's positions */
+        float angle = pos * inv_freq[i], sn = sinf(angle);
+        cs[a] = cs[b] = cosf(angle);
+        cs[d + a] = -sn;
+        cs[d + b] = sn;
+    }
+}
+
+void cpu_rope_c(float *v, uint32_t n, uint32_t d, const float *cs, int halves)
+{
+    for (uint32_t h = 0; h < n; h++, v += d)
+        for (uint32_t j = 0; j < d; j++) {
+            uint32_t p = halves ? (j + d / 2) % d : j ^ 1;
+            if (p > j) { /* each pair once, both results from the old values */
+                float x0 = v[j], x1 = v[p];
+                v[j] = x0 * cs[j] + x1 * cs[d + j];
+                v[p] = x1 * cs[p] + x0 * cs[d + p];
+            }
+        }
+}
+
 static const cpu_kernels portable = {
     "portable", quant_act_c, matmul_r16_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c, cpu_attend_c, to_f16_c, cpu_swiglu_c,
+    cpu_rope_c,
 };
 
 const cpu_kernels *cpu_kernels_portable(void) { return &portable; }

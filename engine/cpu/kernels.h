@@ -85,7 +85,15 @@ typedef struct cpu_kernels {
     void (*to_f16)(const float *x, uint16_t *out, uint64_t n, uint64_t stride);
     /* g[i] = silu(g[i]) * u[i] */
     void (*swiglu)(float *g, const float *u, uint64_t n);
+    /* RoPE of n vectors of d floats in place: v[j] = v[j] c[j] + v[p(j)] s[j] with cs = c[d]
+     * then s[d] (cpu_rope_table), p(j) = j ^ 1 for adjacent pairs, (j + d/2) mod d for halves
+     * (NEOX). Per pair (x0, x1) that is x0 cos - x1 sin and x1 cos + x0 sin, the same two
+     * products and one sum in every set. */
+    void (*rope)(float *v, uint32_t n, uint32_t d, const float *cs, int halves);
 } cpu_kernels;
+
+/* Fills cs[2 d] for cpu_kernels.rope: pair i turns by the angle pos * inv_freq[i]. */
+void cpu_rope_table(float pos, const float *inv_freq, uint32_t d, int halves, float *cs);
 
 const cpu_kernels *cpu_kernels_get(void);       /* the best for this CPU */
 int cpu_kernels_use_amx(void);                  /* batches may use cpu_amx_matmul (below) */
@@ -112,6 +120,7 @@ void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out,
 void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride);
 /* The portable attention and SwiGLU, which the AVX2 set also uses. */
 void cpu_swiglu_c(float *g, const float *u, uint64_t n);
+void cpu_rope_c(float *v, uint32_t n, uint32_t d, const float *cs, int halves);
 void cpu_attend_c(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
                   uint32_t n_pos, float scale, float *sc, float *out);
 

@@ -306,9 +306,35 @@ static void attend_avx512(const float *q, uint32_t n_q, uint32_t d, const uint16
     }
 }
 
+/* cpu_rope_c's arithmetic on 16 lanes: the partner of each lane comes from a swap within
+ * pairs (adjacent) or from the chunk d/2 further on (halves). */
+static void rope_avx512(float *v, uint32_t n, uint32_t d, const float *cs, int halves)
+{
+    if (d % 16 || (halves && d % 32)) {
+        cpu_rope_c(v, n, d, cs, halves);
+        return;
+    }
+    uint32_t nc = d / 16;
+    for (uint32_t h = 0; h < n; h++, v += d) {
+        __m512 x[16]; /* d <= 256: the old values, since partners are overwritten */
+        if (nc > 16) {
+            cpu_rope_c(v, 1, d, cs, halves);
+            continue;
+        }
+        for (uint32_t c = 0; c < nc; c++)
+            x[c] = _mm512_loadu_ps(v + 16 * c);
+        for (uint32_t c = 0; c < nc; c++) {
+            __m512 p = halves ? x[(c + nc / 2) % nc] : _mm512_permute_ps(x[c], 0xB1);
+            __m512 r = _mm512_add_ps(_mm512_mul_ps(x[c], _mm512_loadu_ps(cs + 16 * c)),
+                                     _mm512_mul_ps(p, _mm512_loadu_ps(cs + d + 16 * c)));
+            _mm512_storeu_ps(v + 16 * c, r);
+        }
+    }
+}
+
 static const cpu_kernels avx512 = {
     "avx512", quant_act_avx512, matmul_r16_avx512, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
-    attend_avx512, cpu_avx2_to_f16, swiglu_avx512,
+    attend_avx512, cpu_avx2_to_f16, swiglu_avx512, rope_avx512,
 };
 
 const cpu_kernels *cpu_kernels_avx512(void)
