@@ -283,6 +283,15 @@ static void test_float_kernels_agree(void)
     v->swiglu(g2, y, N);
     for (int i = 0; i < N; i++)
         CHECK_NEAR(g1[i], g2[i], 1e-5 * (1 + fabs(g1[i])));
+    /* RMS norm, bitwise, over all N and over 37 (a tail past the last 8 and 16) */
+    for (int len = N; len > 0; len = len == N ? 37 : 0) {
+        float r1[N], r2[N];
+        p->rmsnorm(r1, x, y, (uint64_t)len, 1e-5f);
+        for (int k = 1; k < nk; k++) {
+            ks[k]->rmsnorm(r2, x, y, (uint64_t)len, 1e-5f);
+            CHECK(memcmp(r1, r2, (size_t)len * sizeof(float)) == 0);
+        }
+    }
     /* attention over 3 query heads sharing a KV head, 37 positions in 3 blocks */
     enum { D = 64, NQ = 3, NPOS = 37 };
     static uint16_t kb[3][D * 16], vb[3][16 * D];

@@ -319,24 +319,6 @@ static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, c
     eng_pool_run(cx->pool, matmul_run, &t);
 }
 
-static void rmsnorm(float *out, const float *x, const float *w, uint64_t n, float eps)
-{
-    /* double: the sum of squares of thousands of activations; eight partial sums, so the
-     * additions do not wait on each other (one chain of n dependent adds was most of the
-     * norm's time) */
-    double part[8] = {0};
-    uint64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            part[j] += (double)x[i + j] * x[i + j];
-    for (; i < n; i++)
-        part[0] += (double)x[i] * x[i];
-    double ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    float scale = (float)(1.0 / sqrt(ss / (double)n + eps));
-    for (i = 0; i < n; i++)
-        out[i] = x[i] * scale * w[i];
-}
-
 typedef struct attn_task {
     cpu_ctx *cx;
     const eng_batch *b;
@@ -405,7 +387,7 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
     eng_split(t->b->n_tokens, ith, nth, &lo, &hi);
     for (uint64_t tok = lo; tok < hi; tok++) {
         switch (t->what) {
-        case 0: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->attn_norm, E, c->rms_eps); break;
+        case 0: cx->k->rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->attn_norm, E, c->rms_eps); break;
         case 1: {
             const float *cs = cx->cs + tok * 2 * D;
             int halves = c->rope_style == SNAP_ROPE_NEOX;
@@ -423,7 +405,7 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
             }
             break;
         }
-        case 2: rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->ffn_norm, E, c->rms_eps); break;
+        case 2: cx->k->rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->ffn_norm, E, c->rms_eps); break;
         case 3: {
             cx->k->swiglu(cx->g + tok * c->n_ff, cx->u + tok * c->n_ff, c->n_ff);
             break;
@@ -499,7 +481,7 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
         uint32_t tok = b->out[i];
         if (tok >= T)
             return eng_fail(err, ENG_EINVAL, "output index %u past the batch", tok);
-        rmsnorm(cx->xb + (uint64_t)i * E, cx->x + (uint64_t)tok * E, cx->output_norm, E, c->rms_eps);
+        cx->k->rmsnorm(cx->xb + (uint64_t)i * E, cx->x + (uint64_t)tok * E, cx->output_norm, E, c->rms_eps);
     }
     const cpu_mat *head[1] = {&cx->output};
     float *head_out[1] = {logits};

@@ -159,9 +159,31 @@ void cpu_rope_c(float *v, uint32_t n, uint32_t d, const float *cs, int halves)
         }
 }
 
+float cpu_rms_scale(const double part[8], uint64_t n, float eps)
+{
+    double ss = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    return (float)(1.0 / sqrt(ss / (double)n + eps));
+}
+
+void cpu_rmsnorm_c(float *out, const float *x, const float *w, uint64_t n, float eps)
+{
+    /* eight partial sums, so the additions do not wait on each other (one chain of n
+     * dependent adds was most of the norm's time) */
+    double part[8] = {0};
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            part[j] += (double)x[i + j] * x[i + j];
+    for (; i < n; i++)
+        part[0] += (double)x[i] * x[i];
+    float scale = cpu_rms_scale(part, n, eps);
+    for (i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
 static const cpu_kernels portable = {
     "portable", quant_act_c, matmul_r16_c, dot_f16_c, dot_f32_c, axpy_c, dot4xT_c, cpu_attend_c, to_f16_c, cpu_swiglu_c,
-    cpu_rope_c,
+    cpu_rope_c, cpu_rmsnorm_c,
 };
 
 const cpu_kernels *cpu_kernels_portable(void) { return &portable; }

@@ -90,7 +90,13 @@ typedef struct cpu_kernels {
      * (NEOX). Per pair (x0, x1) that is x0 cos - x1 sin and x1 cos + x0 sin, the same two
      * products and one sum in every set. */
     void (*rope)(float *v, uint32_t n, uint32_t d, const float *cs, int halves);
+    /* out[i] = x[i] * scale * w[i], scale = 1 / sqrt(mean(x^2) + eps): squares summed in
+     * double, element i into partial sum i % 8 (the tail's into the first), the eight added
+     * pairwise (cpu_rms_scale); bitwise the same in every set */
+    void (*rmsnorm)(float *out, const float *x, const float *w, uint64_t n, float eps);
 } cpu_kernels;
+
+float cpu_rms_scale(const double part[8], uint64_t n, float eps);
 
 /* Fills cs[2 d] for cpu_kernels.rope: pair i turns by the angle pos * inv_freq[i]. */
 void cpu_rope_table(float pos, const float *inv_freq, uint32_t d, int halves, float *cs);
@@ -121,6 +127,7 @@ void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride)
 /* The portable attention and SwiGLU, which the AVX2 set also uses. */
 void cpu_swiglu_c(float *g, const float *u, uint64_t n);
 void cpu_rope_c(float *v, uint32_t n, uint32_t d, const float *cs, int halves);
+void cpu_rmsnorm_c(float *out, const float *x, const float *w, uint64_t n, float eps);
 void cpu_attend_c(const float *q, uint32_t n_q, uint32_t d, const uint16_t *const *k, const uint16_t *const *v,
                   uint32_t n_pos, float scale, float *sc, float *out);
 

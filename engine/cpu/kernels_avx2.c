@@ -356,7 +356,7 @@ static void swiglu_avx2(float *g, const float *u, uint64_t n)
 
 static const cpu_kernels avx2 = {
     "avx2", quant_act_avx2, matmul_r16_avx2, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
-    attend_avx2, cpu_avx2_to_f16, swiglu_avx2, cpu_rope_c,
+    attend_avx2, cpu_avx2_to_f16, swiglu_avx2, cpu_rope_c, cpu_rmsnorm_c,
 };
 
 const cpu_kernels *cpu_kernels_avx2(void)

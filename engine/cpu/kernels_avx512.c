@@ -332,9 +332,31 @@ static void rope_avx512(float *v, uint32_t n, uint32_t d, const float *cs, int h
     }
 }
 
+/* cpu_rmsnorm_c's sums in the eight lanes of one double vector: the product of two floats is
+ * exact in double, so each fused multiply-add rounds once, as the scalar add does. */
+static void rmsnorm_avx512(float *out, const float *x, const float *w, uint64_t n, float eps)
+{
+    __m512d acc = _mm512_setzero_pd();
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + i));
+        acc = _mm512_fmadd_pd(v, v, acc);
+    }
+    double part[8];
+    _mm512_storeu_pd(part, acc);
+    for (; i < n; i++)
+        part[0] += (double)x[i] * x[i];
+    float scale = cpu_rms_scale(part, n, eps);
+    __m512 sv = _mm512_set1_ps(scale);
+    for (i = 0; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), sv), _mm512_loadu_ps(w + i)));
+    for (; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
 static const cpu_kernels avx512 = {
     "avx512", quant_act_avx512, matmul_r16_avx512, cpu_avx2_dot_f16, cpu_avx2_dot_f32, cpu_avx2_axpy, cpu_avx2_dot4xT,
-    attend_avx512, cpu_avx2_to_f16, swiglu_avx512, rope_avx512,
+    attend_avx512, cpu_avx2_to_f16, swiglu_avx512, rope_avx512, rmsnorm_avx512,
 };
 
 const cpu_kernels *cpu_kernels_avx512(void)
