@@ -284,7 +284,9 @@ static void test_float_kernels_agree(void)
     for (int i = 0; i < N; i++)
         CHECK_NEAR(g1[i], g2[i], 1e-5 * (1 + fabs(g1[i])));
     /* RMS norm, bitwise, over all N and over 37 (a tail past the last 8 and 16) */
-    for (int len = N; len > 0; len = len == N ? 37 : 0) {
+    static const int lens[] = {N, 37};
+    for (size_t li = 0; li < sizeof lens / sizeof *lens; li++) {
+        int len = lens[li];
         float r1[N], r2[N];
         p->rmsnorm(r1, x, y, (uint64_t)len, 1e-5f);
         for (int k = 1; k < nk; k++) {

@@ -310,17 +310,13 @@ static void attend_avx512(const float *q, uint32_t n_q, uint32_t d, const uint16
  * pairs (adjacent) or from the chunk d/2 further on (halves). */
 static void rope_avx512(float *v, uint32_t n, uint32_t d, const float *cs, int halves)
 {
-    if (d % 16 || (halves && d % 32)) {
+    if (d % 16 || d > 256 || (halves && d % 32)) {
         cpu_rope_c(v, n, d, cs, halves);
         return;
     }
     uint32_t nc = d / 16;
     for (uint32_t h = 0; h < n; h++, v += d) {
-        __m512 x[16]; /* d <= 256: the old values, since partners are overwritten */
-        if (nc > 16) {
-            cpu_rope_c(v, 1, d, cs, halves);
-            continue;
-        }
+        __m512 x[16]; /* the old values: partners are overwritten */
         for (uint32_t c = 0; c < nc; c++)
             x[c] = _mm512_loadu_ps(v + 16 * c);
         for (uint32_t c = 0; c < nc; c++) {
