@@ -87,6 +87,23 @@ int eng_cuda_device_count(void);               /* 0 when no driver or no device 
     X(MAT, wv, "attn_v.weight") X(MAT, wo, "attn_output.weight")                  \
     X(MAT, wg, "ffn_gate.weight") X(MAT, wu, "ffn_up.weight") X(MAT, wd, "ffn_down.weight")
 
+/* In a backend's create function: binds layer l's tensors into *L with the backend's
+ * bind(cx, f, name, mat, vec, required, err), the Q/K/V biases required only when bias is
+ * set; a failure leaves its code in rc and jumps to fail. Uses cx, f, L, l, bias, rc and err
+ * from the caller's scope. */
+#define ENG_BIND_MAT_(field) bind(cx, f, n_, &L->field, NULL, 1, err)
+#define ENG_BIND_VEC_(field) bind(cx, f, n_, NULL, &L->field, 1, err)
+#define ENG_BIND_BIAS_(field) bind(cx, f, n_, NULL, &L->field, bias, err)
+#define ENG_BIND_ONE_(kind, field, suffix)           \
+    snprintf(n_, sizeof n_, "blk.%u." suffix, l);    \
+    if ((rc = ENG_BIND_##kind##_(field)))            \
+        goto fail;
+#define ENG_BIND_LAYER()                              \
+    do {                                              \
+        char n_[SNAP_NAME_MAX];                       \
+        ENG_LAYER_TENSORS(ENG_BIND_ONE_)              \
+    } while (0)
+
 /* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
 int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);
 uint32_t eng_model_max_batch(const eng_model *m);

@@ -416,21 +416,19 @@ uint64_t snap_r16_bytes(uint32_t dtype, uint64_t rows, uint64_t cols)
 }
 
 /* Where block b of row r keeps its quants (row 0 of the group's chunks), d and m. */
-static void r16_locate(const uint8_t *base, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint64_t *q,
-                       uint64_t *d, uint64_t *m)
+static void r16_locate(uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint64_t *q, uint64_t *d, uint64_t *m)
 {
     uint64_t grp = r / SNAP_R16_ROWS * nb * r16_unit(dtype), i = r % SNAP_R16_ROWS;
     *q = grp + b * r16_qbytes(dtype) + 4 * i;
     *d = grp + nb * r16_qbytes(dtype) + b * 32 + 2 * i;
     *m = *d + nb * 32;
-    (void)base;
 }
 
 void snap_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t d, uint16_t m,
                   const int8_t q[32])
 {
     uint64_t qo, dof, mo;
-    r16_locate(dst, dtype, nb, r, b, &qo, &dof, &mo);
+    r16_locate(dtype, nb, r, b, &qo, &dof, &mo);
     if (dtype == SNAP_Q4) {
         for (int j = 0; j < 4; j++) {
             uint32_t word = 0;
@@ -452,7 +450,7 @@ void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, u
                   int8_t q[32])
 {
     uint64_t qo, dof, mo;
-    r16_locate(src, dtype, nb, r, b, &qo, &dof, &mo);
+    r16_locate(dtype, nb, r, b, &qo, &dof, &mo);
     if (dtype == SNAP_Q4) {
         for (int j = 0; j < 4; j++) {
             uint32_t word = snap_rd32(src + qo + 64 * j);

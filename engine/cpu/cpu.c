@@ -566,20 +566,8 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
         goto fail;
     for (uint32_t l = 0; l < c->n_layer; l++) {
         cpu_layer *L = &cx->layers[l];
-        char n[SNAP_NAME_MAX];
         int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
-#define BIND_MAT(field) (rc = bind(cx, f, n, &L->field, NULL, 1, err))
-#define BIND_VEC(field) (rc = bind(cx, f, n, NULL, &L->field, 1, err))
-#define BIND_BIAS(field) (rc = bind(cx, f, n, NULL, &L->field, bias, err))
-#define BIND(kind, field, suffix)                           \
-    snprintf(n, sizeof n, "blk.%u." suffix, l);             \
-    if (BIND_##kind(field))                                 \
-        goto fail;
-        ENG_LAYER_TENSORS(BIND)
-#undef BIND
-#undef BIND_MAT
-#undef BIND_VEC
-#undef BIND_BIAS
+        ENG_BIND_LAYER();
     }
     eng_rope_inv_freq(c, factors, cx->inv_freq);
 

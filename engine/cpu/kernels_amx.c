@@ -169,9 +169,7 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
 
 /* Products of PHASE blocks are computed and stored, then their epilogues run: tile stores
  * and the vector loads of what they stored do not mix well. */
-#ifndef PHASE
 #define PHASE 4
-#endif
 
 #define PRODUCTS(B, CH, CL, q4)                                  \
     do {                                                         \
@@ -192,6 +190,18 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
     do {                                          \
         __asm__ volatile("" ::: "memory");        \
         _tile_loadd(t, p, stride);                \
+    } while (0)
+
+/* Block b's products into tiles CH / CL (B operand in tile B), stored to cb; tile numbers
+ * must be constants, hence a macro for the two sets. */
+#define BLOCK_PRODUCTS(B, CH, CL)                            \
+    do {                                                     \
+        LOAD_TILE(B, b_operand(&g, b, ring), 64);            \
+        LOAD_TILE(0, at, 32);                                \
+        LOAD_TILE(1, at + 512, 32);                          \
+        PRODUCTS(B, CH, CL, q4);                             \
+        _tile_stored(CH, cb, 64);                            \
+        _tile_stored(CL, cb + 256, 64);                      \
     } while (0)
 
 #define STORE(t)                                                                                    \
@@ -234,21 +244,10 @@ static inline __attribute__((always_inline)) void group(const cpu_r16 *w, uint64
         for (uint64_t b = b0; b < b1; b++) {
             const uint8_t *at = g.at + b * CPU_AMX_TILE_BYTES;
             int32_t *cb = c[b - b0];
-            if (b % 2 == 0) {
-                LOAD_TILE(2, b_operand(&g, b, ring), 64);
-                LOAD_TILE(0, at, 32);
-                LOAD_TILE(1, at + 512, 32);
-                PRODUCTS(2, 3, 4, q4);
-                _tile_stored(3, cb, 64);
-                _tile_stored(4, cb + 256, 64);
-            } else {
-                LOAD_TILE(5, b_operand(&g, b, ring), 64);
-                LOAD_TILE(0, at, 32);
-                LOAD_TILE(1, at + 512, 32);
-                PRODUCTS(5, 6, 7, q4);
-                _tile_stored(6, cb, 64);
-                _tile_stored(7, cb + 256, 64);
-            }
+            if (b % 2 == 0)
+                BLOCK_PRODUCTS(2, 3, 4);
+            else
+                BLOCK_PRODUCTS(5, 6, 7);
         }
         for (uint64_t b = b0; b < b1; b++)
             EPILOGUE(b, c[b - b0]);

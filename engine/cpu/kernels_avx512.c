@@ -176,9 +176,7 @@ static void swiglu_avx512(float *g, const float *u, uint64_t n)
  * -inf; mx[h] collects each head's running maximum. */
 static inline __m512 ld16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
-#ifndef AHEAD
 #define AHEAD 2
-#endif
 
 /* Scores of NB adjacent blocks (1 or 2) at once: each head's sum over the D dimensions is a
  * chain of dependent FMAs, and three heads' chains alone left the FMA units waiting on their

@@ -14,8 +14,7 @@ import os
 import struct
 import sys
 
-import numpy as np
-from logits_io import write_top
+from logits_io import perplexity, write_top
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -56,16 +55,8 @@ def main():
     data = open(os.path.join(OUT, "ppl.bin"), "rb").read()
     window, n_windows = struct.unpack_from("<II", data, 0)
     ids = list(struct.unpack_from(f"<{window * n_windows}I", data, 8))
-    nll, count = 0.0, 0
-    for w in range(n_windows):
-        chunk = ids[w * window:(w + 1) * window]
-        rows = logits(chunk)
-        for i in range(window - 1):
-            row = rows[i]
-            m = row.max()
-            nll += (m + np.log(np.exp(row - m).sum())) - row[chunk[i + 1]]
-            count += 1
-    ppl = float(np.exp(nll / count))
+    chunks = [ids[w * window:(w + 1) * window] for w in range(n_windows)]
+    ppl = perplexity((chunk, logits(chunk)) for chunk in chunks)
     with open(os.path.join(OUT, "hf_ppl.txt"), "w") as f:
         f.write(f"{ppl:.6f}\n")
     print(f"perplexity on GPL-3 ({n_windows} windows of {window}): {ppl:.4f}")

@@ -31,7 +31,7 @@ import sys
 
 import gguf
 import numpy as np
-from logits_io import write_top
+from logits_io import perplexity, write_top
 from gguf.quants import dequantize
 from llama_cpp import Llama
 
@@ -146,18 +146,14 @@ def main():
     need = WINDOW * N_WINDOWS
     assert len(ids) >= need, len(ids)
     ids = ids[:need]
-    nll, count = 0.0, 0
-    for w in range(N_WINDOWS):
-        chunk = ids[w * WINDOW:(w + 1) * WINDOW]
+
+    def window_scores(chunk):
         llm.reset()
         llm.eval(chunk)
-        scores = np.array(llm.scores[:WINDOW], dtype=np.float64)
-        for i in range(WINDOW - 1):
-            row = scores[i]
-            m = row.max()
-            nll += (m + np.log(np.exp(row - m).sum())) - row[chunk[i + 1]]
-            count += 1
-    ppl = float(np.exp(nll / count))
+        return np.array(llm.scores[:WINDOW], dtype=np.float64)
+
+    chunks = [ids[w * WINDOW:(w + 1) * WINDOW] for w in range(N_WINDOWS)]
+    ppl = perplexity((chunk, window_scores(chunk)) for chunk in chunks)
     with open(os.path.join(OUT, "ppl.bin"), "wb") as f:
         f.write(struct.pack("<II", WINDOW, N_WINDOWS) + struct.pack(f"<{need}I", *ids))
     with open(os.path.join(OUT, "ppl.txt"), "w") as f:
