@@ -81,14 +81,13 @@ int main(int argc, char **argv)
     eng_model *m = NULL;
     eng_err err;
     eng_model_opts mo = {.n_ctx = prompt + output + 16, .kv_mem_bytes = 0};
-    /* KV for every sequence of the highest level at once */
-    uint64_t per_token = 2ull * 30 * 3 * 64 * 4; /* refined below from the config */
     if (eng_model_open(path, &mo, &m, NULL, &err) != 0) {
         fprintf(stderr, "throughput: %s\n", err.msg);
         return 1;
     }
     const snap_config *c = eng_model_config(m);
-    per_token = 2ull * c->n_layer * c->n_head_kv * c->head_dim * 4;
+    /* KV for every sequence of the highest level at once: K and V in f16 (both backends) */
+    uint64_t per_token = 2ull * c->n_layer * c->n_head_kv * c->head_dim * 2;
     eng_model_close(m);
     mo.kv_mem_bytes = per_token * (prompt + output + 32) * 64;
     if (eng_model_open(path, &mo, &m, NULL, &err) != 0) {
