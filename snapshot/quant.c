@@ -436,14 +436,14 @@ void snap_r16_put(uint8_t *dst, uint32_t dtype, uint64_t nb, uint64_t r, uint64_
                 word |= (uint32_t)(q[8 * j + 2 * p] & 15) << 4 * p | (uint32_t)(q[8 * j + 2 * p + 1] & 15) << (16 + 4 * p);
             snap_wr32(dst + qo + 64 * j, word);
         }
-        dst[mo] = (uint8_t)m, dst[mo + 1] = (uint8_t)(m >> 8);
+        st16(dst + mo, m);
     } else {
         for (int j = 0; j < 8; j++) {
             uint8_t *w = dst + qo + 64 * j;
             w[0] = (uint8_t)q[4 * j], w[1] = (uint8_t)q[4 * j + 2], w[2] = (uint8_t)q[4 * j + 1], w[3] = (uint8_t)q[4 * j + 3];
         }
     }
-    dst[dof] = (uint8_t)d, dst[dof + 1] = (uint8_t)(d >> 8);
+    st16(dst + dof, d);
 }
 
 void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, uint64_t b, uint16_t *d, uint16_t *m,
@@ -459,7 +459,7 @@ void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, u
                 q[8 * j + 2 * p + 1] = (int8_t)(word >> (16 + 4 * p) & 15);
             }
         }
-        *m = (uint16_t)(src[mo] | src[mo + 1] << 8);
+        *m = ld16(src + mo);
     } else {
         for (int j = 0; j < 8; j++) {
             const uint8_t *w = src + qo + 64 * j;
@@ -467,7 +467,7 @@ void snap_r16_get(const uint8_t *src, uint32_t dtype, uint64_t nb, uint64_t r, u
         }
         *m = 0;
     }
-    *d = (uint16_t)(src[dof] | src[dof + 1] << 8);
+    *d = ld16(src + dof);
 }
 
 void snap_to_r16(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, const uint8_t *src, uint8_t *dst)
@@ -481,8 +481,7 @@ void snap_to_r16(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, 
             int8_t q[32];
             for (int j = 0; j < 32; j++)
                 q[j] = dtype == SNAP_Q4 ? (int8_t)(j < 16 ? blk[4 + j] & 15 : blk[4 + j - 16] >> 4) : (int8_t)blk[2 + j];
-            snap_r16_put(dst, dtype, nb, r, b, (uint16_t)(blk[0] | blk[1] << 8),
-                         dtype == SNAP_Q4 ? (uint16_t)(blk[2] | blk[3] << 8) : 0, q);
+            snap_r16_put(dst, dtype, nb, r, b, ld16(blk), dtype == SNAP_Q4 ? ld16(blk + 2) : 0, q);
         }
 }
 
@@ -497,9 +496,9 @@ void snap_r16_to_split(const snap_tensor *t, const uint8_t *src, uint8_t *dst)
             int8_t v[32];
             uint64_t k = r * nb + b;
             snap_r16_get(src, t->dtype, nb, r, b, &d, &m, v);
-            sc[2 * k] = (uint8_t)d, sc[2 * k + 1] = (uint8_t)(d >> 8);
+            st16(sc + 2 * k, d);
             if (t->dtype == SNAP_Q4) {
-                mn[2 * k] = (uint8_t)m, mn[2 * k + 1] = (uint8_t)(m >> 8);
+                st16(mn + 2 * k, m);
                 for (int j = 0; j < 16; j++)
                     q[k * 16 + j] = (uint8_t)(v[j] | v[j + 16] << 4);
             } else {
