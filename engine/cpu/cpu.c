@@ -62,6 +62,7 @@ typedef struct cpu_ctx {
     cpu_act act;                      /* a quantized matmul's input: [T][widest] int16 + scales */
     int amx;                          /* batches of AMX_MIN_TOKENS or more run on AMX tiles */
     uint8_t *tiles;                   /* [threads][T / 16][widest / 32] AMX A operands (kernels.h) */
+    uint8_t *tiles_ahead;             /* one more such slot, shared: operands quantized ahead */
     uint64_t tiles_bytes;             /* per thread */
     float *rowbuf;                    /* [threads][4][widest] f16/f32 weight rows in f32 (prefill) */
     uint64_t widest;
@@ -154,6 +155,7 @@ typedef struct matmul_task {
     int amx;
     uint32_t n_tokens;
     const float *x;          /* [T][cols] input */
+    const uint8_t *ahead;    /* x already quantized into these tiles (quant_ahead), or NULL */
     uint32_t n_mats;
     const cpu_mat *mats[3];
     float *out[3];           /* [T][rows] */
@@ -192,10 +194,10 @@ static void add_bias(const matmul_task *t, uint32_t i, uint32_t tok0, uint32_t t
             t->out[i][(uint64_t)tok * t->mats[i]->rows + r] += t->bias[i][r];
 }
 
-/* The AMX path. Each thread quantizes the tokens it needs into its own operand tiles, so no
- * pass over the pool precedes the matmul. From AMX_TOKEN_SPLIT tiles of 16 tokens (a prefill
- * chunk) threads take token tiles with every row (amx_run); below, they take row groups and
- * each quantizes all the tokens (a few microseconds). */
+/* The AMX path. From AMX_TOKEN_SPLIT tiles of 16 tokens (a prefill chunk) threads take token
+ * tiles with every row and quantize those tokens into their own operand tiles, so no pass
+ * over the pool precedes the matmul; below, they take row groups of every token, quantized
+ * once by the op that produced them (quant_ahead) or else by each thread. */
 #define AMX_TOKEN_SPLIT 8
 
 /* Row groups [lo, hi) of the task's matrices taken as one range (each matrix's groups after
@@ -223,11 +225,20 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
     for (uint32_t i = 0; i < t->n_mats; i++)
         total += t->mats[i]->r16.n_groups;
     if (n_tiles < AMX_TOKEN_SPLIT) {
-        for (uint32_t tok = 0; tok < T; tok++)
-            cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
+        const uint8_t *ops = t->ahead;
+        if (ops) { /* the other threads wrote part of them a moment ago: fetch all at once, not
+                    * a line at a time as the tile loads reach them (7.5 -> 7.1 ms of matmuls in
+                    * a decode step of 16) */
+            for (uint64_t o = 0; o < n_tiles * cx->act.nb * CPU_AMX_TILE_BYTES; o += 64)
+                __builtin_prefetch(ops + o, 0, 3);
+        } else {
+            for (uint32_t tok = 0; tok < T; tok++)
+                cpu_amx_quant(t->x + (uint64_t)tok * cx->act.n, &cx->act, tok, dtype, tiles);
+            ops = tiles;
+        }
         uint64_t lo, hi;
         eng_split(total, ith, nth, &lo, &hi);
-        amx_groups(t, lo, hi, tiles, 0, T);
+        amx_groups(t, lo, hi, ops, 0, T);
         return;
     }
     /* the (tile, row group) pairs in tile order, split evenly: whole tiles each but for one
@@ -245,6 +256,28 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
         uint32_t ta = tile * 16, tb = ta + 16 < T ? ta + 16 : T;
         amx_groups(t, lo > u0 ? lo - u0 : 0, hi - u0 < total ? hi - u0 : total, tiles + tile * tile_stride, ta, tb);
     }
+}
+
+/* Batches on AMX below AMX_TOKEN_SPLIT tiles (a decode step of many sequences) have every
+ * thread take row groups of every token, so each thread would quantize all the tokens. There
+ * the op that produces a matmul's input (a norm, SwiGLU) quantizes each token once,
+ * on the thread that computed it, into the shared tiles_ahead: returns the matrix whose dtype
+ * and width that takes, or NULL where the matmul quantizes its input itself. */
+static const cpu_mat *quant_ahead(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
+{
+    if (!cx->amx || n_tokens < AMX_MIN_TOKENS || (n_tokens + 15) / 16 >= AMX_TOKEN_SPLIT)
+        return NULL;
+    for (uint32_t i = 0; i < n; i++)
+        if (!is_quant(mats[i]) || mats[i]->dtype != mats[0]->dtype)
+            return NULL;
+    return mats[0];
+}
+
+/* Token tok's input row x of matrix m into the shared operand tiles. */
+static void quantize_ahead(const cpu_ctx *cx, const cpu_mat *m, const float *x, uint32_t tok)
+{
+    cpu_act a = {.n = m->cols, .nb = m->cols / 32};
+    cpu_amx_quant(x, &a, tok, m->dtype, cx->tiles_ahead);
 }
 
 static void matmul_run(void *arg, uint32_t ith, uint32_t nth)
@@ -295,9 +328,10 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
 /* Runs matmuls that share input x [T][cols] in one parallel region, after quantizing x when
  * a matrix is quantized (in parallel once there are enough tokens to pay for a pass). */
 static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, const cpu_mat *const *mats,
-                   float *const *outs, const float *const *biases)
+                   float *const *outs, const float *const *biases, int quantized_ahead)
 {
     matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .n_mats = n};
+    t.ahead = quantized_ahead ? cx->tiles_ahead : NULL;
     int quant = 0, same = 1;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
@@ -368,13 +402,24 @@ static void attn_run(void *arg, uint32_t ith, uint32_t nth)
     }
 }
 
-/* Per-token work that is cheap and sequential per token: norms, rope, cache writes. */
+/* Per-token work that is cheap and sequential per token: norms (after the residual add that
+ * precedes them), rope, cache writes, SwiGLU; and the quantization of what they produce for
+ * the next matmul where quant_ahead says so. */
+enum { TOK_ATTN_NORM, TOK_ROPE, TOK_FFN_NORM, TOK_SWIGLU, TOK_OUT_NORM };
+
 typedef struct token_task {
     cpu_ctx *cx;
     const eng_batch *b;
     uint32_t layer;
-    int what; /* 0: attn rmsnorm, 1: rope + cache store, 2: ffn rmsnorm, 3: swiglu */
+    int what;            /* TOK_* */
+    const cpu_mat *ahead; /* the next matmul, when its input is quantized here (quant_ahead) */
 } token_task;
+
+static void add_into(float *x, const float *y, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
 
 static void token_run(void *arg, uint32_t ith, uint32_t nth)
 {
@@ -384,11 +429,16 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
     const cpu_layer *L = &cx->layers[t->layer];
     uint32_t E = c->n_embd, D = c->head_dim, H = c->n_head, K = c->n_head_kv;
     uint64_t lo, hi;
-    eng_split(t->b->n_tokens, ith, nth, &lo, &hi);
+    eng_split(t->what == TOK_OUT_NORM ? t->b->n_out : t->b->n_tokens, ith, nth, &lo, &hi);
     for (uint64_t tok = lo; tok < hi; tok++) {
+        float *x = cx->x + tok * E, *xb = cx->xb + tok * E;
         switch (t->what) {
-        case 0: cx->k->rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->attn_norm, E, c->rms_eps); break;
-        case 1: {
+        case TOK_ATTN_NORM:
+            if (t->layer > 0) /* x += the previous layer's FFN output */
+                add_into(x, xb, E);
+            cx->k->rmsnorm(xb, x, L->attn_norm, E, c->rms_eps);
+            break;
+        case TOK_ROPE: {
             const float *cs = cx->cs + tok * 2 * D;
             int halves = c->rope_style == SNAP_ROPE_NEOX;
             cx->k->rope(cx->q + tok * H * D, H, D, cs, halves);
@@ -405,29 +455,29 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
             }
             break;
         }
-        case 2: cx->k->rmsnorm(cx->xb + tok * E, cx->x + tok * E, L->ffn_norm, E, c->rms_eps); break;
-        case 3: {
-            cx->k->swiglu(cx->g + tok * c->n_ff, cx->u + tok * c->n_ff, c->n_ff);
+        case TOK_FFN_NORM:
+            add_into(x, xb, E); /* x += the attention output */
+            cx->k->rmsnorm(xb, x, L->ffn_norm, E, c->rms_eps);
+            break;
+        case TOK_SWIGLU: cx->k->swiglu(cx->g + tok * c->n_ff, cx->u + tok * c->n_ff, c->n_ff); break;
+        case TOK_OUT_NORM: /* gather the output tokens (the residual is in x: see cpu_forward) */
+            cx->k->rmsnorm(xb, cx->x + (uint64_t)t->b->out[tok] * E, cx->output_norm, E, c->rms_eps);
             break;
         }
-        }
+        if (t->ahead)
+            quantize_ahead(cx, t->ahead, t->what == TOK_SWIGLU ? cx->g + tok * c->n_ff : xb, (uint32_t)tok);
     }
 }
 
 /* Per-token ops of a few tokens cost less than waking the pool: run them here. */
-static void run_tokens(cpu_ctx *cx, token_task *tt, int what)
+static void run_tokens(cpu_ctx *cx, token_task *tt, int what, const cpu_mat *ahead)
 {
     tt->what = what;
-    if (tt->b->n_tokens < 4)
+    tt->ahead = ahead;
+    if ((what == TOK_OUT_NORM ? tt->b->n_out : tt->b->n_tokens) < 4)
         token_run(tt, 0, 1);
     else
         eng_pool_run(cx->pool, token_run, tt);
-}
-
-static void add_into(float *x, const float *y, uint64_t n)
-{
-    for (uint64_t i = 0; i < n; i++)
-        x[i] += y[i];
 }
 
 static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *err)
@@ -446,6 +496,9 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
             (uint32_t)p / ENG_BLOCK_TOKENS >= b->seqs[b->seq[i]].n_blocks)
             return eng_fail(err, ENG_EINVAL, "token %u: position %d has no KV block", i, p);
     }
+    for (uint32_t i = 0; i < b->n_out; i++)
+        if (b->out[i] >= T)
+            return eng_fail(err, ENG_EINVAL, "output index %u past the batch", b->out[i]);
     /* embeddings and rope angles */
     for (uint32_t i = 0; i < T; i++) {
         mat_row_f32(&cx->embd, (uint64_t)b->tokens[i], cx->x + (uint64_t)i * E);
@@ -453,39 +506,35 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
     }
     for (uint32_t l = 0; l < c->n_layer; l++) {
         const cpu_layer *L = &cx->layers[l];
-        token_task tt = {cx, b, l, 0};
-        run_tokens(cx, &tt, 0);
-        const cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        const cpu_mat *qkv[3] = {&L->wq, &L->wk, &L->wv}, *wo[1] = {&L->wo}, *gu[2] = {&L->wg, &L->wu},
+                      *wd[1] = {&L->wd};
+        const cpu_mat *qkv_ahead = quant_ahead(cx, T, qkv, 3), *gu_ahead = quant_ahead(cx, T, gu, 2),
+                      *wd_ahead = quant_ahead(cx, T, wd, 1);
+        token_task tt = {cx, b, l, 0, NULL};
+        run_tokens(cx, &tt, TOK_ATTN_NORM, qkv_ahead);
         float *qkv_out[3] = {cx->q, cx->kx, cx->vx};
         const float *qkv_bias[3] = {L->bq, L->bk, L->bv};
-        matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias);
-        run_tokens(cx, &tt, 1);
+        matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias, qkv_ahead != NULL);
+        run_tokens(cx, &tt, TOK_ROPE, NULL);
         attn_task at = {cx, b, l, 0};
         eng_pool_run(cx->pool, attn_run, &at);
-        const cpu_mat *wo[1] = {&L->wo};
         float *wo_out[1] = {cx->xb};
-        matmul(cx, T, cx->att, 1, wo, wo_out, NULL);
-        add_into(cx->x, cx->xb, (uint64_t)T * E);
-        run_tokens(cx, &tt, 2);
-        const cpu_mat *gu[2] = {&L->wg, &L->wu};
+        matmul(cx, T, cx->att, 1, wo, wo_out, NULL, 0);
+        run_tokens(cx, &tt, TOK_FFN_NORM, gu_ahead);
         float *gu_out[2] = {cx->g, cx->u};
-        matmul(cx, T, cx->xb, 2, gu, gu_out, NULL);
-        run_tokens(cx, &tt, 3);
-        const cpu_mat *wd[1] = {&L->wd};
+        matmul(cx, T, cx->xb, 2, gu, gu_out, NULL, gu_ahead != NULL);
+        run_tokens(cx, &tt, TOK_SWIGLU, wd_ahead);
         float *wd_out[1] = {cx->xb};
-        matmul(cx, T, cx->g, 1, wd, wd_out, NULL);
-        add_into(cx->x, cx->xb, (uint64_t)T * E);
+        matmul(cx, T, cx->g, 1, wd, wd_out, NULL, wd_ahead != NULL);
     }
+    add_into(cx->x, cx->xb, (uint64_t)T * E); /* the last layer's FFN output */
     /* logits for the requested tokens: gather, norm, head */
-    for (uint32_t i = 0; i < b->n_out; i++) {
-        uint32_t tok = b->out[i];
-        if (tok >= T)
-            return eng_fail(err, ENG_EINVAL, "output index %u past the batch", tok);
-        cx->k->rmsnorm(cx->xb + (uint64_t)i * E, cx->x + (uint64_t)tok * E, cx->output_norm, E, c->rms_eps);
-    }
     const cpu_mat *head[1] = {&cx->output};
+    const cpu_mat *head_ahead = quant_ahead(cx, b->n_out, head, 1);
+    token_task tt = {cx, b, 0, 0, NULL};
+    run_tokens(cx, &tt, TOK_OUT_NORM, head_ahead);
     float *head_out[1] = {logits};
-    matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL);
+    matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL, head_ahead != NULL);
     return 0;
 }
 
@@ -606,8 +655,10 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     cx->act.sx = malloc(T * (widest / 32) * sizeof(float));
     cx->amx = cpu_kernels_use_amx();
     cx->tiles_bytes = (T + 15) / 16 * (widest / 32) * CPU_AMX_TILE_BYTES;
-    if (cx->amx && !(cx->tiles = aligned_alloc(64, eng_pool_size(cx->pool) * cx->tiles_bytes)))
+    if (cx->amx && !(cx->tiles = aligned_alloc(64, (eng_pool_size(cx->pool) + 1) * cx->tiles_bytes)))
         goto nomem;
+    if (cx->amx)
+        cx->tiles_ahead = cx->tiles + eng_pool_size(cx->pool) * cx->tiles_bytes;
     cx->rowbuf = malloc((uint64_t)eng_pool_size(cx->pool) * 4 * widest * sizeof(float));
     uint64_t nth = eng_pool_size(cx->pool), group = c->n_head / c->n_head_kv;
     cx->scores = malloc(nth * group * (cx->max_ctx + ENG_BLOCK_TOKENS) * sizeof(float));

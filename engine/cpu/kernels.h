@@ -110,7 +110,7 @@ const cpu_kernels *cpu_kernels_avx512(void);    /* NULL without AVX-512 F/BW/VL/
 /* AMX (kernels_amx.c): the quantized matmul for batches, bitwise equal to matmul_r16.
  * cpu_amx_quant quantizes token t's f32 row into tiles, laid out for matrices of the given
  * dtype: per 16-token tile and block, CPU_AMX_TILE_BYTES of A operands (high bytes [16][32],
- * low bytes [16][32]) and the tokens' s[16] and sx[16] (a gives n and nb). cpu_amx_matmul then
+ * low bytes [16][32]) and the tokens' scales s and sx (a gives n and nb). cpu_amx_matmul then
  * runs like matmul_r16 on those tiles. */
 #define CPU_AMX_TILE_BYTES 1152
 int cpu_amx_available(void);

@@ -55,6 +55,11 @@ int cpu_amx_available(void)
 static const uint32_t pi32_q4[16] = {PI16(0, 4, 1, 5, 2, 6, 3, 7)};
 static const uint32_t pi32_q8[16] = {PI16(0, 2, 1, 3, 4, 6, 5, 7)};
 
+/* Where token t's s sits among a block's scales: s of tokens 0-7 then their sx, in one cache
+ * line, then those of tokens 8-15 in the next, so two threads that quantize a half each (the
+ * ops producing a decode batch's input, cpu.c's quant_ahead) do not write to the same line. */
+#define SCALE_AT(t) ((t) / 8 * 16 + (t) % 8)
+
 /* Quantizes token t's x[n] (n = a->n) straight into the A operands: the steps of
  * kernels_avx512.c's quant_act (the same x16, s and sx, bit for bit), split into the high and
  * low bytes of the operands, without writing x16. */
@@ -79,8 +84,8 @@ void cpu_amx_quant(const float *x, const cpu_act *a, uint32_t t, uint32_t dtype,
         _mm_storeu_si128((__m128i *)(row + 16), _mm512_cvtepi32_epi8(_mm512_srai_epi32(q1, 8)));
         _mm_storeu_si128((__m128i *)(row + 512), _mm512_cvtepi32_epi8(_mm512_and_si512(q0, lowb)));
         _mm_storeu_si128((__m128i *)(row + 528), _mm512_cvtepi32_epi8(_mm512_and_si512(q1, lowb)));
-        ((float *)(dst + 1024))[t % 16] = s;
-        ((float *)(dst + 1088))[t % 16] = s * (float)sum;
+        float *sv = (float *)(dst + 1024) + SCALE_AT(t % 16);
+        sv[0] = s, sv[8] = s * (float)sum;
     }
 }
 
@@ -152,15 +157,15 @@ static inline __attribute__((always_inline)) const uint8_t *b_operand(const grou
     do {                                                                                                           \
         __m512 isf = _mm512_add_ps(_mm512_sub_ps(_mm512_load_ps((const float *)c_ + 16 * t), kmag),               \
                                    _mm512_load_ps((const float *)c_ + 256 + 16 * t));                              \
-        acc##t = _mm512_fmadd_ps(isf, _mm512_mul_ps(d_, _mm512_set1_ps(s_[t])), acc##t);                          \
+        acc##t = _mm512_fmadd_ps(isf, _mm512_mul_ps(d_, _mm512_set1_ps(s_[SCALE_AT(t)])), acc##t);                 \
         if (q4)                                                                                                    \
-            acc##t = _mm512_fmadd_ps(m_, _mm512_set1_ps(s_[16 + t]), acc##t);                                      \
+            acc##t = _mm512_fmadd_ps(m_, _mm512_set1_ps(s_[SCALE_AT(t) + 8]), acc##t);                             \
     } while (0)
 
 #define EPILOGUE(blk, cbuf)                                                                                        \
     do {                                                                                                           \
         const int32_t *c_ = (cbuf);                                                                                \
-        const float *s_ = (const float *)(g.at + (blk) * CPU_AMX_TILE_BYTES + 1024); /* s[16], sx[16] */          \
+        const float *s_ = (const float *)(g.at + (blk) * CPU_AMX_TILE_BYTES + 1024); /* s, sx: SCALE_AT */          \
         __m512 d_ = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(g.dp + 32 * (blk))));                      \
         __m512 m_ = q4 ? _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(g.mp + 32 * (blk)))) : d_;           \
         EPI_T(0); EPI_T(1); EPI_T(2); EPI_T(3); EPI_T(4); EPI_T(5); EPI_T(6); EPI_T(7);                            \
