@@ -299,6 +299,13 @@ static void test_float_kernels_agree(void)
     for (int i = 0; i < N; i++)
         same &= f1[i] == snap_f32_to_f16(big[i]) && f2[i] == f1[i];
     CHECK(same);
+    static uint16_t s1[N * 16], s2[N * 16]; /* strided, as keys go into the cache */
+    p->to_f16(big, s1, N - 3, 16);
+    v->to_f16(big, s2, N - 3, 16);
+    CHECK(memcmp(s1, s2, sizeof s1) == 0);
+    for (int i = 0; i < N - 3; i++)
+        same &= s1[i * 16] == f1[i];
+    CHECK(same);
     for (int i = 0; i < N; i++)
         g1[i] = g2[i] = x[i] * 4.0f;
     p->swiglu(g1, y, N);

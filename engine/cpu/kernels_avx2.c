@@ -242,7 +242,19 @@ void cpu_avx2_dot4xT(const float *w, const float *x, uint32_t n_tok, float *out,
 
 void cpu_avx2_to_f16(const float *x, uint16_t *out, uint64_t n, uint64_t stride)
 {
-    for (uint64_t i = 0; i < n; i++)
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) { /* eight conversions at once, then stored one by one where strided */
+        __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT);
+        if (stride == 1) {
+            _mm_storeu_si128((__m128i *)(out + i), h);
+            continue;
+        }
+        uint16_t v[8];
+        _mm_storeu_si128((__m128i *)v, h);
+        for (int j = 0; j < 8; j++)
+            out[(i + j) * stride] = v[j];
+    }
+    for (; i < n; i++)
         out[i * stride] = _cvtss_sh(x[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
