@@ -60,6 +60,8 @@ typedef struct eng_backend_params {
     uint64_t kv_mem_bytes;     /* KV pool budget (0 = backend's default) */
 } eng_backend_params;
 
+typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);
+
 typedef struct eng_backend_ops {
     const char *name;
     /* Create the backend for an opened snapshot, upload its weights and size the KV pool.
@@ -69,6 +71,9 @@ typedef struct eng_backend_ops {
     /* Run one batch; write n_out rows of n_vocab logits. Returns 0 or ENG_E*. */
     int (*forward)(void *ctx, const eng_batch *b, float *logits, eng_err *err);
     void (*destroy)(void *ctx);
+    /* Runs fn(arg, i, n) on each of the backend's n host threads (the caller's among them),
+     * between forward passes; NULL where it has none. */
+    void (*parallel)(void *ctx, eng_task_fn fn, void *arg);
 } eng_backend_ops;
 
 extern const eng_backend_ops eng_cpu_backend;
@@ -107,6 +112,8 @@ int eng_cuda_device_count(void);               /* 0 when no driver or no device 
 /* model.c, for the scheduler: one forward pass on the model's backend, and its batch size. */
 int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *err);
 uint32_t eng_model_max_batch(const eng_model *m);
+/* fn(arg, i, n) over the backend's host threads, or fn(arg, 0, 1) here where it has none. */
+void eng_model_parallel(eng_model *m, eng_task_fn fn, void *arg);
 /* RoPE inverse frequencies [head_dim / 2] with the model's scaling (model.c); factors is the
  * snapshot's rope_freqs.weight or NULL. Every backend uses this one definition. */
 void eng_rope_inv_freq(const snap_config *c, const float *factors, float *out);
@@ -115,7 +122,6 @@ int eng_engine_check(eng_engine *e);
 
 /* ---- thread pool: fork/join over n threads, the caller being thread 0 ----------------- */
 typedef struct eng_pool eng_pool;
-typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);
 int eng_pool_create(uint32_t n_threads, eng_pool **out);
 void eng_pool_destroy(eng_pool *p);
 uint32_t eng_pool_size(const eng_pool *p);

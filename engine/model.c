@@ -173,6 +173,14 @@ int eng_model_forward(eng_model *m, const eng_batch *b, float *logits, eng_err *
     return m->ops->forward(m->be, b, logits, err);
 }
 
+void eng_model_parallel(eng_model *m, eng_task_fn fn, void *arg)
+{
+    if (m->ops->parallel)
+        m->ops->parallel(m->be, fn, arg);
+    else
+        fn(arg, 0, 1);
+}
+
 int eng_model_is_stop_token(const eng_model *m, int32_t id)
 {
     const snap_vocab *v = snap_get_vocab(m->f);

@@ -374,6 +374,24 @@ static void publish(eng_engine *e, eng_request *r)
     }
 }
 
+/* Sampling a step's outputs, each request's on one of the backend's threads: a greedy pick
+ * alone reads all 49,152 logits of SmolLM2, half of them written by the other core's part of
+ * the output head (16 requests: 330 -> 177 us per step on two threads). The emits stay on the
+ * engine thread: each wakes its consumer, which then runs on the other core while that core's
+ * thread waits (emitting on both threads took 355 us against 177 + 100-160 this way). */
+typedef struct sample_task {
+    eng_engine *e;
+    uint32_t n;
+    eng_sample_result *res;
+} sample_task;
+
+static void sample_run(void *arg, uint32_t ith, uint32_t nth)
+{
+    sample_task *t = arg;
+    for (uint32_t i = ith; i < t->n; i += nth)
+        eng_sample(t->e->b_out_reqs[i]->sampler, t->e->logits + (size_t)i * t->e->n_vocab, &t->res[i]);
+}
+
 /* e->lock held on entry and exit; released around the forward pass. */
 static void step(eng_engine *e)
 {
@@ -454,11 +472,13 @@ static void step(eng_engine *e)
     if (rc == 0) {
         for (uint32_t i = 0; i < n_reqs; i++)
             e->b_reqs[i]->n_computed += (uint32_t)e->b_reqs[i]->in_batch;
-        for (uint32_t i = 0; i < n_out; i++) { /* max_seqs <= 64 (create) */
-            eng_request *r = e->b_out_reqs[i];
-            eng_sample(r->sampler, e->logits + (size_t)i * e->n_vocab, &res[i]);
-            how[i] = emit_token(e, r, &res[i]);
-        }
+        sample_task st = {e, n_out, res}; /* max_seqs <= 64 (create) */
+        if (n_out >= 4)
+            eng_model_parallel(e->m, sample_run, &st);
+        else
+            sample_run(&st, 0, 1);
+        for (uint32_t i = 0; i < n_out; i++)
+            how[i] = emit_token(e, e->b_out_reqs[i], &res[i]);
     }
     pthread_mutex_lock(&e->lock);
 

@@ -676,4 +676,6 @@ fail:
     return rc;
 }
 
-const eng_backend_ops eng_cpu_backend = {"cpu", cpu_create, cpu_forward, cpu_destroy};
+static void cpu_parallel(void *ctx, eng_task_fn fn, void *arg) { eng_pool_run(((cpu_ctx *)ctx)->pool, fn, arg); }
+
+const eng_backend_ops eng_cpu_backend = {"cpu", cpu_create, cpu_forward, cpu_destroy, cpu_parallel};

@@ -561,4 +561,5 @@ fail:
     return rc;
 }
 
-extern "C" const eng_backend_ops eng_cuda_backend = {"cuda", cuda_create, cuda_forward, cuda_destroy};
+/* no host threads of its own to lend: the engine samples on its thread (parallel NULL) */
+extern "C" const eng_backend_ops eng_cuda_backend = {"cuda", cuda_create, cuda_forward, cuda_destroy, NULL};
