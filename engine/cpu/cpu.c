@@ -260,9 +260,9 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
 
 /* Batches on AMX below AMX_TOKEN_SPLIT tiles (a decode step of many sequences) have every
  * thread take row groups of every token, so each thread would quantize all the tokens. There
- * the op that produces a matmul's input (a norm, SwiGLU) quantizes each token once,
- * on the thread that computed it, into the shared tiles_ahead: returns the matrix whose dtype
- * and width that takes, or NULL where the matmul quantizes its input itself. */
+ * the op that produces a matmul's input (a norm, SwiGLU) quantizes each token once, on the
+ * thread that computed it, into the shared tiles_ahead. Returns the matrix whose dtype and
+ * width set the operands, or NULL where the matmul quantizes its input itself. */
 static const cpu_mat *quant_ahead(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
 {
     if (!cx->amx || n_tokens < AMX_MIN_TOKENS || (n_tokens + 15) / 16 >= AMX_TOKEN_SPLIT)
@@ -330,8 +330,8 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
 static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, const cpu_mat *const *mats,
                    float *const *outs, const float *const *biases, int quantized_ahead)
 {
-    matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .n_mats = n};
-    t.ahead = quantized_ahead ? cx->tiles_ahead : NULL;
+    matmul_task t = {
+        .cx = cx, .n_tokens = n_tokens, .x = x, .ahead = quantized_ahead ? cx->tiles_ahead : NULL, .n_mats = n};
     int quant = 0, same = 1;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
