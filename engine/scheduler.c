@@ -473,7 +473,7 @@ static void step(eng_engine *e)
         for (uint32_t i = 0; i < n_reqs; i++)
             e->b_reqs[i]->n_computed += (uint32_t)e->b_reqs[i]->in_batch;
         sample_task st = {e, n_out, res}; /* max_seqs <= 64 (create) */
-        if (n_out >= 4)
+        if (n_out >= 4) /* (fewer: not worth a pass over the pool, as cpu.c's run_tokens) */
             eng_model_parallel(e->m, sample_run, &st);
         else
             sample_run(&st, 0, 1);

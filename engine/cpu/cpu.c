@@ -200,6 +200,18 @@ static void add_bias(const matmul_task *t, uint32_t i, uint32_t tok0, uint32_t t
  * once by the op that produced them (quant_ahead) or else by each thread. */
 #define AMX_TOKEN_SPLIT 8
 
+/* Whether a matmul of these matrices on n_tokens runs on AMX: quantized, one dtype (one
+ * operand layout), enough tokens. */
+static int on_amx(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
+{
+    if (!cx->amx || n_tokens < AMX_MIN_TOKENS)
+        return 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (!is_quant(mats[i]) || mats[i]->dtype != mats[0]->dtype)
+            return 0;
+    return 1;
+}
+
 /* Row groups [lo, hi) of the task's matrices taken as one range (each matrix's groups after
  * the previous one's), for tokens [ta, tb) whose operands are at tiles. */
 static void amx_groups(const matmul_task *t, uint64_t lo, uint64_t hi, const uint8_t *tiles, uint32_t ta, uint32_t tb)
@@ -229,7 +241,7 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
         if (ops) { /* the other threads wrote part of them a moment ago: fetch all at once, not
                     * a line at a time as the tile loads reach them (matmuls 7.3-7.6 -> 7.0-7.4 ms
                     * in a decode step of 16) */
-            for (uint64_t o = 0; o < n_tiles * cx->act.nb * CPU_AMX_TILE_BYTES; o += 64)
+            for (uint64_t o = 0; o < n_tiles * tile_stride; o += 64)
                 __builtin_prefetch(ops + o, 0, 3);
         } else {
             for (uint32_t tok = 0; tok < T; tok++)
@@ -265,12 +277,7 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
  * width set the operands, or NULL where the matmul quantizes its input itself. */
 static const cpu_mat *quant_ahead(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
 {
-    if (!cx->amx || n_tokens < AMX_MIN_TOKENS || (n_tokens + 15) / 16 >= AMX_TOKEN_SPLIT)
-        return NULL;
-    for (uint32_t i = 0; i < n; i++)
-        if (!is_quant(mats[i]) || mats[i]->dtype != mats[0]->dtype)
-            return NULL;
-    return mats[0];
+    return on_amx(cx, n_tokens, mats, n) && (n_tokens + 15) / 16 < AMX_TOKEN_SPLIT ? mats[0] : NULL;
 }
 
 /* Token tok's input row x of matrix m into the shared operand tiles. */
@@ -332,18 +339,17 @@ static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, c
 {
     matmul_task t = {
         .cx = cx, .n_tokens = n_tokens, .x = x, .ahead = quantized_ahead ? cx->tiles_ahead : NULL, .n_mats = n};
-    int quant = 0, same = 1;
+    int quant = 0;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
         t.out[i] = outs[i];
         t.bias[i] = biases ? biases[i] : NULL;
         quant |= is_quant(mats[i]);
-        same &= mats[i]->dtype == mats[0]->dtype;
     }
     if (quant) {
         cx->act.n = mats[0]->cols;
         cx->act.nb = mats[0]->cols / 32;
-        t.amx = cx->amx && same && n_tokens >= AMX_MIN_TOKENS;
+        t.amx = on_amx(cx, n_tokens, mats, n);
         quant_task q = {cx, x, n_tokens};
         if (!t.amx && n_tokens >= 16) /* (on AMX the threads quantize what they need, or the op before did: amx_run) */
             eng_pool_run(cx->pool, quant_run, &q);
