@@ -215,6 +215,7 @@ typedef struct eng_model_opts {
     uint32_t n_ctx;            /* longest sequence, 0 = the model's trained context */
     uint32_t max_batch_tokens; /* most tokens per forward pass, 0 = 512 */
     uint64_t kv_mem_bytes;     /* KV pool budget, 0 = backend default */
+    double gpu_mem_fraction;   /* CUDA: share of GPU memory weights, scratch and KV may fill, 0 = 0.9 */
 } eng_model_opts;
 
 /* Phase timings of a model load, seconds. */

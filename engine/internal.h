@@ -58,6 +58,7 @@ typedef struct eng_backend_params {
     uint32_t max_batch_tokens; /* most tokens in one forward */
     uint32_t max_ctx;          /* longest sequence (0 = the model's trained context) */
     uint64_t kv_mem_bytes;     /* KV pool budget (0 = backend's default) */
+    double gpu_mem_fraction;   /* CUDA: share of GPU memory to fill (0 = 0.9) */
 } eng_backend_params;
 
 typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);

@@ -26,7 +26,7 @@
 
 #define RT_DEFAULT_MODEL "models/smollm2-135m-instruct.thaw"
 
-enum opt_kind { OPT_STR, OPT_U32, OPT_SIZE, OPT_SECONDS, OPT_BOOL };
+enum opt_kind { OPT_STR, OPT_U32, OPT_SIZE, OPT_SECONDS, OPT_BOOL, OPT_FRAC };
 
 typedef struct opt {
     const char *flag;          /* "--max-body" */
@@ -62,6 +62,7 @@ static const opt opts[] = {
     {"--max-batch-tokens", NULL, OPT_U32, OFF(max_batch_tokens), 0, 1u << 20, "N", "tokens per engine step (default: the model's)"},
     {"--max-queue", NULL, OPT_U32, OFF(max_queue), 0, 1u << 20, "N", "waiting requests before 429 (default 64)"},
     {"--kv-mem", NULL, OPT_SIZE, OFF(kv_mem_bytes), 0, 1ull << 50, "BYTES", "KV cache budget, e.g. 512M (default: the backend's)"},
+    {"--gpu-mem-fraction", NULL, OPT_FRAC, OFF(gpu_mem_fraction), 0.05, 1, "F", "CUDA: share of the GPU's memory that weights, scratch and KV may fill (default 0.9)"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
@@ -146,18 +147,22 @@ static int apply(rt_config *c, const opt *o, const char *v, const char *where, c
     }
     if (*end || !(d >= o->lo && d <= o->hi))
         goto bad;
-    if (o->kind != OPT_SECONDS && d != (double)(uint64_t)d)
+    if (o->kind != OPT_SECONDS && o->kind != OPT_FRAC && d != (double)(uint64_t)d)
         goto bad;
     switch (o->kind) {
     case OPT_U32: *(uint32_t *)base = (uint32_t)d; break;
     case OPT_SIZE: *(uint64_t *)base = (uint64_t)d; break;
-    case OPT_SECONDS: *(double *)base = d; break;
+    case OPT_SECONDS:
+    case OPT_FRAC: *(double *)base = d; break;
     }
     return 0;
 bad:
-    snprintf(err, cap, "%s needs %s in [%.0f, %.0f], got '%s'", where,
-             o->kind == OPT_SIZE ? "a size (e.g. 8M)" : o->kind == OPT_SECONDS ? "seconds" : "a whole number", o->lo,
-             o->hi, v);
+    snprintf(err, cap, "%s needs %s in [%g, %g], got '%s'", where,
+             o->kind == OPT_SIZE      ? "a size (e.g. 8M)"
+             : o->kind == OPT_SECONDS ? "seconds"
+             : o->kind == OPT_FRAC    ? "a fraction"
+                                      : "a whole number",
+             o->lo, o->hi, v);
     return -1;
 }
 

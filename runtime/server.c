@@ -242,7 +242,8 @@ int rt_server_load(rt_server *s, char *err, size_t err_cap)
                          .chat_template = c->chat_template,
                          .n_ctx = c->ctx,
                          .max_batch_tokens = c->max_batch_tokens,
-                         .kv_mem_bytes = c->kv_mem_bytes};
+                         .kv_mem_bytes = c->kv_mem_bytes,
+                         .gpu_mem_fraction = c->gpu_mem_fraction};
     eng_engine_opts eo = {.max_seqs = c->max_seqs, .max_batch_tokens = c->max_batch_tokens, .max_queue = c->max_queue};
     eng_load_report rep;
     memset(&rep, 0, sizeof rep);

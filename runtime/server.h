@@ -74,6 +74,7 @@ typedef struct rt_config {
     const char *device, *chat_template;
     uint32_t threads, ctx, max_seqs, max_batch_tokens, max_queue;
     uint64_t kv_mem_bytes;
+    double gpu_mem_fraction;        /* 0 = the CUDA backend's 0.9 */
 } rt_config;
 
 enum { RT_CONFIG_OK = 0, RT_CONFIG_HELP = 1, RT_CONFIG_ERROR = -1 };
