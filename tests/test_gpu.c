@@ -3,12 +3,18 @@
  *
  * Bounds (normalised error = ||gpu - ref|| / ||ref||, over a whole output):
  *   kernels (GEMV, dequant, RMSNorm, SwiGLU, embedding):   1e-5 in f32 (only sum order differs);
- *     f16 dequant: 1e-3 (f16 rounding of weights)
- *   whole forward vs the CPU backend, same snapshot:       3e-2 (KV cache in f16, prefill GEMMs on
- *     f16 activations; the CPU keeps both in f32)
+ *     the SPLIT q4/q8 GEMVs against a reference on the same int8-quantized activations, and
+ *     1e-2 against f32 activations (what int8 activations cost); f16 dequant: 1e-3
+ *   whole forward vs the CPU backend, same snapshot: prefill (GEMM path) 3e-2 (KV cache in f16,
+ *     GEMMs on f16 activations; the CPU keeps both in f32); decode (GEMV path, activations
+ *     quantized to int8 per block of 32) 2e-1 on SmolLM2's real weights and 1e-1 on synthetic
+ *     ones. Measured on an H100 (2026-11-22): worst of 32 steps 0.146 for SmolLM2 (0.006 with
+ *     the earlier f32-activation GEMV), 0.018 for synthetic SmolLM2, 0.063 for synthetic
+ *     Qwen2.5-0.5B. The int8 activations are a speed-for-accuracy choice (bench/RESULTS.md);
+ *     greedy agreement below is the functional check
  *   greedy agreement, SmolLM2 teacher-forced 32 steps:      >= 90 % of argmaxes equal
- *   batched (GEMM path) vs one-at-a-time (GEMV path):       3e-2; two sequences in one decode
- *     batch vs each alone: bitwise equal (the same kernels, per token independent)
+ *   batched (GEMM path) vs one-at-a-time (GEMV path): the decode bound; two sequences in one
+ *     decode batch vs each alone: bitwise equal (the same kernels, per token independent)
  * RoPE and paged attention are checked through the whole forward (they have no separate
  * host reference here). THAW_GPU_QUICK=1 (compute-sanitizer) runs the kernels and SmolLM2 only.
  */
@@ -17,6 +23,15 @@
 #include "test.h"
 
 #include <unistd.h>
+
+/* a launcher call that must succeed; on failure its message is printed */
+#define CHECK_RUN(call)                                                                                \
+    do {                                                                                               \
+        int rc_ = (call);                                                                              \
+        if (rc_)                                                                                       \
+            fprintf(stderr, "  %s:%d: %s: %s\n", __FILE__, __LINE__, #call, err.msg);                   \
+        CHECK(rc_ == 0);                                                                               \
+    } while (0)
 
 static char tmp_dir[64];
 static int quick;
@@ -41,6 +56,26 @@ static float frand(uint64_t *s)
 }
 
 /* ---- kernels --------------------------------------------------------------------------------- */
+
+/* The decode GEMV for SPLIT q4/q8 quantizes activations to int8 per block of 32, exactly as
+ * kernels.cu's g2_quantize does (dx = max|x| / 127 in f32, q = round-half-even(x / dx)); out
+ * gets the values the kernel then multiplies with (q * dx). */
+static void quantize_like_gemv(const float *x, uint64_t n, float *out)
+{
+    for (uint64_t b = 0; b < n; b += 32) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[b + i]));
+        float d = amax / 127.0f;
+        for (int i = 0; i < 32; i++)
+            out[b + i] = amax > 0 ? rintf(x[b + i] / d) * d : 0.0f;
+    }
+}
+
+static int int8_activations(uint32_t dtype, uint32_t layout)
+{
+    return layout == SNAP_LAYOUT_SPLIT && (dtype == SNAP_Q4 || dtype == SNAP_Q8);
+}
 
 /* A random [rows][cols] matrix stored as dtype/layout: host bytes (as the packer writes them)
  * and the exact f32 values those bytes stand for. */
@@ -96,15 +131,18 @@ static void test_kernels_matmul(void)
                                         {SNAP_Q8, SNAP_LAYOUT_SPLIT}, {SNAP_Q8, SNAP_LAYOUT_BLOCKS},
                                         {SNAP_F16, SNAP_LAYOUT_BLOCKS}, {SNAP_F32, SNAP_LAYOUT_BLOCKS}};
     const uint64_t rows = 333, cols = 1024;
-    float *w = malloc(rows * cols * 4), *x = malloc(4 * cols * 4), *ref = malloc(4 * rows * 4), *got = malloc(4 * rows * 4);
+    const uint64_t ny = 4 * rows > 2 * cols ? 4 * rows : 2 * cols; /* gemv outputs, or two embedding rows */
+    float *w = malloc(rows * cols * 4), *x = malloc(4 * cols * 4), *ref = malloc(4 * rows * 4), *got = malloc(ny * 4);
+    float *xq = malloc(4 * cols * 4), *ref_exact = malloc(4 * rows * 4);
     float *bias = malloc(rows * 4), *deq = malloc(rows * cols * 4);
     uint16_t *h = malloc(rows * cols * 2);
     uint64_t seed = 5;
     for (uint64_t i = 0; i < 4 * cols; i++)
         x[i] = frand(&seed);
+    quantize_like_gemv(x, 4 * cols, xq);
     for (uint64_t i = 0; i < rows; i++)
         bias[i] = frand(&seed);
-    float *dx = ecu_malloc(4 * cols * 4), *dy = ecu_malloc(4 * rows * 4), *db = ecu_malloc(rows * 4);
+    float *dx = ecu_malloc(4 * cols * 4), *dy = ecu_malloc(ny * 4), *db = ecu_malloc(rows * 4);
     void *dh = ecu_malloc(rows * cols * 2);
     REQUIRE(dx && dy && db && dh);
     ecu_h2d(dx, x, 4 * cols * 4);
@@ -117,23 +155,36 @@ static void test_kernels_matmul(void)
         ecu_h2d(dm, bytes, n);
         ecu_mat m = {types[k][0], types[k][1], rows, cols, dm};
         eng_err err = {{0}};
+        int q8x = int8_activations(types[k][0], types[k][1]);
         for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
-            for (uint32_t t = 0; t < T; t++)
-                for (uint64_t r = 0; r < rows; r++) {
-                    double s = bias[r];
-                    for (uint64_t i = 0; i < cols; i++)
-                        s += (double)w[r * cols + i] * x[t * cols + i];
-                    ref[t * rows + r] = (float)s;
-                }
-            CHECK_INT(ecu_gemv(&m, dx, cols, T, dy, rows, db, NULL, &err), 0);
+            /* ref: on the activations the kernel uses; ref_exact (q8x only): on x itself */
+            for (int pass = 0; pass < 1 + q8x; pass++) {
+                const float *xr = pass == 0 && q8x ? xq : x;
+                float *out = pass == 0 ? ref : ref_exact;
+                for (uint32_t t = 0; t < T; t++)
+                    for (uint64_t r = 0; r < rows; r++) {
+                        double s = bias[r];
+                        for (uint64_t i = 0; i < cols; i++)
+                            s += (double)w[r * cols + i] * xr[t * cols + i];
+                        out[t * rows + r] = (float)s;
+                    }
+            }
+            CHECK_RUN(ecu_gemv(&m, dx, cols, T, dy, rows, db, NULL, &err));
             CHECK_INT(ecu_sync(), 0);
             ecu_d2h(got, dy, T * rows * 4);
             double e = nerr(got, ref, T * rows);
             if (!(e <= 1e-5))
                 fprintf(stderr, "  gemv %s/%u T=%u: normalised error %.3g\n", snap_dtype_name(types[k][0]), types[k][1], T, e);
             CHECK(e <= 1e-5);
+            if (q8x) { /* what the int8 activations cost against f32 ones */
+                double ex = nerr(got, ref_exact, T * rows);
+                if (T == 1)
+                    fprintf(stderr, "  gemv %s/%u: int8 activations, normalised error vs f32 x %.3g\n",
+                            snap_dtype_name(types[k][0]), types[k][1], ex);
+                CHECK(ex <= 1e-2);
+            }
         }
-        CHECK_INT(ecu_dequant_f16(&m, 0, rows, dh, NULL, &err), 0);
+        CHECK_RUN(ecu_dequant_f16(&m, 0, rows, dh, NULL, &err));
         ecu_sync();
         ecu_d2h(h, dh, rows * cols * 2);
         for (uint64_t i = 0; i < rows * cols; i++)
@@ -146,7 +197,7 @@ static void test_kernels_matmul(void)
         int32_t toks[2] = {7, 300};
         int32_t *dt = ecu_malloc(sizeof toks);
         ecu_h2d(dt, toks, sizeof toks);
-        CHECK_INT(ecu_embed(&m, dt, 2, dy, NULL, &err), 0);
+        CHECK_RUN(ecu_embed(&m, dt, 2, dy, NULL, &err));
         ecu_sync();
         ecu_d2h(got, dy, 2 * cols * 4);
         CHECK(nerr(got, w + 7 * cols, cols) <= 1e-6);
@@ -159,7 +210,117 @@ static void test_kernels_matmul(void)
     ecu_free(dy);
     ecu_free(db);
     ecu_free(dh);
-    free(w), free(x), free(ref), free(got), free(bias), free(deq), free(h);
+    free(w), free(x), free(ref), free(got), free(bias), free(deq), free(h), free(xq), free(ref_exact);
+}
+
+/* The fused GEMVs (SPLIT q4/q8): three matrices stacked in one launch with biases, with the
+ * RMSNorm folded into the input and with the residual add into the output, and the gate/up
+ * pair with SwiGLU, against f64 on the same dequantized weights and int8-quantized
+ * activations; rows of odd counts, 8288 columns. */
+static double ref_dot(const float *w, const float *x, uint64_t n)
+{
+    double s = 0;
+    for (uint64_t i = 0; i < n; i++)
+        s += (double)w[i] * x[i];
+    return s;
+}
+
+static void test_kernels_gemv_fused(void)
+{
+    const uint64_t cols = 8288, rows[3] = {333, 64, 95};
+    const uint32_t dtypes[2] = {SNAP_Q4, SNAP_Q8};
+    const float eps = 1e-5f;
+    uint64_t seed = 17;
+    float *x = malloc(4 * cols * 4), *xn = malloc(4 * cols * 4), *xq = malloc(4 * cols * 4), *xnq = malloc(4 * cols * 4);
+    float *nw = malloc(cols * 4), *bias = malloc(333 * 4), *prev = malloc(4 * 333 * 4);
+    float *ref = malloc(4 * 333 * 4), *got = malloc(4 * 333 * 4);
+    for (uint64_t i = 0; i < 4 * cols; i++)
+        x[i] = frand(&seed) * 2;
+    for (uint64_t i = 0; i < cols; i++)
+        nw[i] = frand(&seed) + 1.5f;
+    for (uint64_t i = 0; i < 333; i++)
+        bias[i] = frand(&seed);
+    for (uint64_t i = 0; i < 4 * 333; i++)
+        prev[i] = frand(&seed);
+    /* what the kernels multiply with: x quantized; with the norm, x * w quantized, then / rms(x) */
+    quantize_like_gemv(x, 4 * cols, xq);
+    for (uint32_t t = 0; t < 4; t++) {
+        double ss = 0;
+        for (uint64_t i = 0; i < cols; i++)
+            ss += (double)x[t * cols + i] * x[t * cols + i], xn[t * cols + i] = x[t * cols + i] * nw[i];
+        quantize_like_gemv(xn + t * cols, cols, xnq + t * cols);
+        double r = 1.0 / sqrt(ss / cols + eps);
+        for (uint64_t i = 0; i < cols; i++)
+            xnq[t * cols + i] = (float)(xnq[t * cols + i] * r);
+    }
+    float *dx = ecu_malloc(4 * cols * 4), *db = ecu_malloc(333 * 4), *dnw = ecu_malloc(cols * 4), *dy[3];
+    REQUIRE(dx && db && dnw);
+    ecu_h2d(dx, x, 4 * cols * 4);
+    ecu_h2d(db, bias, 333 * 4);
+    ecu_h2d(dnw, nw, cols * 4);
+    const ecu_norm norm = {dnw, eps};
+    for (int k = 0; k < 3; k++)
+        REQUIRE((dy[k] = ecu_malloc(4 * rows[k] * 4)) != NULL);
+    for (int d = 0; d < 2; d++) {
+        float *w[3];
+        uint8_t *bytes[3], *dm[3];
+        ecu_mat m[3];
+        for (int k = 0; k < 3; k++) {
+            uint64_t n;
+            w[k] = malloc(rows[k] * cols * 4);
+            bytes[k] = make_mat(dtypes[d], SNAP_LAYOUT_SPLIT, rows[k], cols, w[k], &n);
+            REQUIRE((dm[k] = ecu_malloc(n)) != NULL);
+            ecu_h2d(dm[k], bytes[k], n);
+            m[k] = (ecu_mat){dtypes[d], SNAP_LAYOUT_SPLIT, rows[k], cols, dm[k]};
+        }
+        eng_err err = {{0}};
+        for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
+            /* variant 0: three matrices, biases; 1: the same with the norm folded in; 2: with
+             * the norm and accumulating into y (the residual add) */
+            for (int var = 0; var < 3; var++) {
+                const float *biases[3] = {db, NULL, db}, *xr = var ? xnq : xq;
+                for (int k = 0; k < 3; k++)
+                    ecu_h2d(dy[k], prev, T * rows[k] * 4);
+                CHECK_RUN(ecu_gemv_multi(3, m, dx, T, dy, biases, var ? &norm : NULL, var == 2, NULL, &err));
+                CHECK_INT(ecu_sync(), 0);
+                for (int k = 0; k < 3; k++) {
+                    for (uint32_t t = 0; t < T; t++)
+                        for (uint64_t r = 0; r < rows[k]; r++)
+                            ref[t * rows[k] + r] = (float)(ref_dot(w[k] + r * cols, xr + t * cols, cols) +
+                                                           (k != 1 ? bias[r] : 0) + (var == 2 ? prev[t * rows[k] + r] : 0));
+                    ecu_d2h(got, dy[k], T * rows[k] * 4);
+                    double e = nerr(got, ref, T * rows[k]);
+                    if (!(e <= 1e-5))
+                        fprintf(stderr, "  gemv_multi %s variant %d matrix %d T=%u: normalised error %.3g\n",
+                                snap_dtype_name(dtypes[d]), var, k, T, e);
+                    CHECK(e <= 1e-5);
+                }
+            }
+            /* gate and up: matrix 0 and matrix 0 (the same rows), without and with the norm */
+            for (int var = 0; var < 2; var++) {
+                const float *xr = var ? xnq : xq;
+                CHECK_RUN(ecu_gemv_swiglu(&m[0], &m[0], dx, T, dy[0], var ? &norm : NULL, NULL, &err));
+                CHECK_INT(ecu_sync(), 0);
+                for (uint32_t t = 0; t < T; t++)
+                    for (uint64_t r = 0; r < rows[0]; r++) {
+                        double g = ref_dot(w[0] + r * cols, xr + t * cols, cols);
+                        ref[t * rows[0] + r] = (float)(g / (1.0 + exp(-g)) * g);
+                    }
+                ecu_d2h(got, dy[0], T * rows[0] * 4);
+                double e = nerr(got, ref, T * rows[0]);
+                if (!(e <= 1e-5))
+                    fprintf(stderr, "  gemv_swiglu %s variant %d T=%u: normalised error %.3g\n", snap_dtype_name(dtypes[d]),
+                            var, T, e);
+                CHECK(e <= 1e-5);
+            }
+        }
+        for (int k = 0; k < 3; k++)
+            ecu_free(dm[k]), free(bytes[k]), free(w[k]);
+    }
+    for (int k = 0; k < 3; k++)
+        ecu_free(dy[k]);
+    ecu_free(dx), ecu_free(db), ecu_free(dnw);
+    free(x), free(xn), free(xq), free(xnq), free(nw), free(bias), free(prev), free(ref), free(got);
 }
 
 static void test_kernels_norm_swiglu(void)
@@ -178,7 +339,7 @@ static void test_kernels_norm_swiglu(void)
     ecu_h2d(da, add, rows * n * 4);
     ecu_h2d(dw, w, n * 4);
     eng_err err = {{0}};
-    CHECK_INT(ecu_rmsnorm(dx, da, NULL, dw, dout, rows, n, 1e-5f, NULL, &err), 0);
+    CHECK_RUN(ecu_rmsnorm(dx, da, NULL, dw, dout, rows, n, 1e-5f, NULL, &err));
     ecu_sync();
     for (uint32_t r = 0; r < rows; r++) { /* cpu.c rmsnorm after x += add */
         double ss = 0;
@@ -194,7 +355,7 @@ static void test_kernels_norm_swiglu(void)
     CHECK(nerr(got, ref, rows * n) <= 1e-5);
     ecu_d2h(got, dx, rows * n * 4);
     CHECK(nerr(got, xs, rows * n) <= 1e-7); /* the residual was written back */
-    CHECK_INT(ecu_swiglu(dx, da, rows * n, NULL, &err), 0);
+    CHECK_RUN(ecu_swiglu(dx, da, rows * n, NULL, &err));
     ecu_sync();
     for (uint32_t i = 0; i < rows * n; i++)
         ref[i] = xs[i] / (1.0f + expf(-xs[i])) * add[i];
@@ -250,7 +411,7 @@ static uint32_t argmax(const float *v, uint32_t n)
 }
 
 /* CPU vs CUDA on one snapshot: prefill of 24 tokens, then teacher-forced decode steps. */
-static void compare_forward(const char *path, int check_greedy)
+static void compare_forward(const char *path, int check_greedy, double decode_bound)
 {
     snap_file *f = NULL;
     snap_err serr = {{0}};
@@ -285,7 +446,7 @@ static void compare_forward(const char *path, int check_greedy)
     }
     fprintf(stderr, "  %s: decode (GEMV path) worst normalised error %.3g, greedy agreement %u/%u\n", path, worst,
             agree, steps);
-    CHECK(worst <= 3e-2);
+    CHECK(worst <= decode_bound);
     if (check_greedy)
         CHECK(agree * 10 >= steps * 9);
 
@@ -298,7 +459,7 @@ static void compare_forward(const char *path, int check_greedy)
         REQUIRE(run_seq(&gpu, toks + i, 1, i, blocks2, g1) == 0);
     e = nerr(g1, g + (size_t)23 * V, V);
     fprintf(stderr, "  %s: batched vs one-at-a-time normalised error %.3g\n", path, e);
-    CHECK(e <= 3e-2);
+    CHECK(e <= decode_bound);
     /* two sequences in one decode batch vs each alone: bitwise */
     {
         int32_t tk[2] = {toks[3], toks[5]}, ps[2] = {24, 24};
@@ -328,7 +489,7 @@ static void test_forward_smollm2(void)
     snap_pack_opts o = {.quant = SNAP_QUANT_Q4, .target = SNAP_TARGET_CUDA};
     snap_err err = {{0}};
     REQUIRE(snap_pack(gguf, p, &o, &err) == 0);
-    compare_forward(p, 1);
+    compare_forward(p, 1, 2e-1);
     unlink(p);
 }
 
@@ -346,7 +507,7 @@ static void test_forward_synthetic(void)
         snap_pack_opts o = {.quant = cases[i].quant, .target = cases[i].target};
         snap_err err = {{0}};
         REQUIRE(snap_pack_synthetic(cases[i].name, p, &o, &err) == 0);
-        compare_forward(p, 0); /* random weights: near-flat logits, argmax ties are not meaningful */
+        compare_forward(p, 0, 1e-1); /* random weights: near-flat logits, argmax ties are not meaningful */
         unlink(p);
     }
 }
@@ -360,10 +521,15 @@ int main(void)
     }
     quick = getenv("THAW_GPU_QUICK") != NULL;
     fprintf(stderr, "device: %s\n", ecu_device_name());
+    if (ecu_prepare() != 0) {
+        fprintf(stderr, "ecu_prepare failed\n");
+        return 1;
+    }
     snprintf(tmp_dir, sizeof tmp_dir, "/tmp/thaw-gpu-XXXXXX");
     if (!mkdtemp(tmp_dir))
         return 1;
     TEST_RUN(test_kernels_matmul);
+    TEST_RUN(test_kernels_gemv_fused);
     TEST_RUN(test_kernels_norm_swiglu);
     TEST_RUN(test_forward_smollm2);
     TEST_RUN(test_forward_synthetic);

@@ -11,19 +11,23 @@
  *      H2D copy on one of ECU_COPY_STREAMS streams and records the buffer's event; acquire
  *      waits for that event before a buffer is refilled (back-pressure).
  *   3. Tensors are bound to arena offsets; the KV pool takes what is free after weights and
- *      scratch: min(free x THAW_GPU_MEM_FRACTION (default 0.9) - used, --kv-mem).
+ *      scratch: min(total x --gpu-mem-fraction (default 0.9) - used, --kv-mem).
  *   Nothing is compiled, tuned or captured on this path.
  *
  * Shapes (E, H, K, D, F, V as in cpu.c; T = tokens in the batch <= max_tokens):
  *   weights: device arena, the snapshot image as is (SPLIT q4/q8 for --target cuda; BLOCKS
  *            also read).
  *   KV pool: k, v: f16 [n_layer][n_blocks][K][16][D] (device).
- *   scratch (device, sized once): x [T][E]; xb [T][max(E, H*D, F)]; q, att [T][H*D];
+ *   scratch (device, sized once): x [T][E] (the residual stream); xb [T][max(E, H*D, F)]; q, att [T][H*D];
  *            k, v [T][K*D]; g, u [T][F]; logits [T][V]; xh (f16 activations) [T][widest];
  *            wt (f16 weight tile) [ECU_TILE_ELEMS]; batch metadata (tokens, pos, seq, out,
  *            block offsets, blocks) in one buffer uploaded per forward from a pinned mirror.
- * Decode batches of <= 4 tokens use the GEMV kernels; larger batches dequantize weight tiles
- * to f16 and run cuBLAS GEMMs (tensor cores) with f32 accumulation and output.
+ * Decode batches of <= 4 tokens use the GEMV kernels: with SPLIT q4/q8 weights (every layer
+ * matrix; `fused`) six launches per layer -- QKV with the attention RMSNorm folded into its
+ * input, RoPE + KV store, attention, the output projection adding into x, gate/up with the
+ * FFN RMSNorm in and SwiGLU out, down adding into x -- replayed as one CUDA graph per
+ * (tokens, outputs) once a background thread has captured it after ready. Larger batches
+ * dequantize weight tiles to f16 and run cuBLAS GEMMs (tensor cores) with f32 accumulation.
  */
 #include "kernels.h"
 
@@ -31,10 +35,12 @@
 #include <cuda_runtime.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 #include <pthread.h>
 #include <unistd.h>
 
-#define ECU_RING 4
+#define ECU_RING 16 /* 16 x the 4 MiB chunk: 64 MiB pinned, every loader thread busy */
 #define ECU_COPY_STREAMS 2
 #define ECU_TILE_ELEMS (32ull << 20) /* f16 weight tile: 64 MiB */
 
@@ -72,6 +78,7 @@ typedef struct ecu_ctx {
     ecu_mat embd, output;
     const float *output_norm;
     ecu_layer *layers;
+    int fused;                         /* every layer matrix takes the fused GEMVs (ecu_gemv_fusable) */
     float *d_inv_freq;                 /* [D/2] */
     uint32_t max_tokens, max_ctx, n_blocks;
     void *d_kc, *d_vc;                 /* f16 KV pool */
@@ -83,6 +90,10 @@ typedef struct ecu_ctx {
     uint8_t *d_meta, *h_meta;          /* batch metadata, device and pinned host mirror */
     uint64_t meta_bytes;
     uint32_t max_block_entries;
+    /* decode graphs [T][n_out], published by the capture thread */
+    cudaGraphExec_t graphs[ECU_GEMV_MAX_TOKENS + 1][ECU_GEMV_MAX_TOKENS + 1];
+    pthread_t capture_thread;
+    int capture_started, graphs_stop;
     /* context-creation thread */
     pthread_t init_thread;
     int init_started;
@@ -112,6 +123,11 @@ static void *init_main(void *arg)
     what = "create context";
     if ((e = cudaFree(0)) != cudaSuccess)
         goto fail;
+    what = "set kernel limits";
+    if (ecu_prepare() != 0) {
+        e = cudaGetLastError();
+        goto fail;
+    }
     what = "create streams";
     if ((e = cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) != cudaSuccess)
         goto fail;
@@ -248,36 +264,241 @@ static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const f
 /* RoPE inverse frequencies, exactly cpu.c's rope_freqs(). */
 /* ---- forward --------------------------------------------------------------------------------- */
 
-/* y [T][rows] = W x [T][cols] (+ bias). */
-static int matmul(ecu_ctx *cx, const ecu_mat *m, const float *x, uint32_t T, float *y, const float *bias, eng_err *err)
+/* y [T][rows] = W x [T][cols] (+ bias), on stream s (the GEMM path runs on cx->stream, cuBLAS's). */
+static int matmul(ecu_ctx *cx, void *s, const ecu_mat *m, const float *x, uint32_t T, float *y, const float *bias,
+                  eng_err *err)
 {
     if (T <= ECU_GEMV_MAX_TOKENS)
-        return ecu_gemv(m, x, m->cols, T, y, m->rows, bias, cx->stream, err);
-    int rc = ecu_to_f16(x, cx->xh, (uint64_t)T * m->cols, cx->stream, err);
+        return ecu_gemv(m, x, m->cols, T, y, m->rows, bias, s, err);
+    int rc = ecu_to_f16(x, cx->xh, (uint64_t)T * m->cols, s, err);
     if (rc)
         return rc;
     uint64_t tile = ECU_TILE_ELEMS / m->cols;
     const float one = 1.0f, zero = 0.0f;
     for (uint64_t r0 = 0; r0 < m->rows; r0 += tile) {
         uint64_t n = m->rows - r0 < tile ? m->rows - r0 : tile;
-        if ((rc = ecu_dequant_f16(m, r0, n, cx->wt, cx->stream, err)))
+        if ((rc = ecu_dequant_f16(m, r0, n, cx->wt, s, err)))
             return rc;
         /* column-major view: C [n x T] (ldc rows) = Wt^T [n x cols] * X [cols x T] */
-        cublasStatus_t s = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)m->cols, &one, cx->wt,
+        cublasStatus_t bs = cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)n, (int)T, (int)m->cols, &one, cx->wt,
                                         CUDA_R_16F, (int)m->cols, cx->xh, CUDA_R_16F, (int)m->cols, &zero, y + r0,
                                         CUDA_R_32F, (int)m->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-        if (s != CUBLAS_STATUS_SUCCESS)
+        if (bs != CUBLAS_STATUS_SUCCESS)
             return eng_fail(err, ENG_EBACKEND, "cublasGemmEx [%llu x %llu] x %u tokens failed: %d",
-                            (unsigned long long)n, (unsigned long long)m->cols, T, (int)s);
+                            (unsigned long long)n, (unsigned long long)m->cols, T, (int)bs);
     }
-    return bias ? ecu_add_bias(y, bias, m->rows, T, cx->stream, err) : 0;
+    return bias ? ecu_add_bias(y, bias, m->rows, T, s, err) : 0;
+}
+
+/* ---- op profile (bench/gpu only: ecu_profile) ----------------------------------------------------
+ * Events around each op of a forward; read after the forward's final synchronize. Off by
+ * default: a forward then does one branch per op and records nothing. */
+enum { OP_EMBED, OP_NORM, OP_QKV, OP_ROPE, OP_ATTN, OP_WO, OP_GATE_UP, OP_DOWN, OP_HEAD, OP_COPY, OP_N };
+static const char *const op_names[OP_N] = {"embed", "norm", "qkv", "rope_store", "attention", "wo", "gate_up_swiglu",
+                                           "down", "head", "logits_d2h"};
+#define PROF_MAX 2048
+static struct {
+    int on;
+    cudaEvent_t ev[2 * PROF_MAX];
+    int op[PROF_MAX];
+    uint32_t n;
+    double ms[OP_N];
+    uint64_t calls[OP_N];
+} prof;
+
+static int prof_begin(ecu_ctx *cx, cudaStream_t s, int pf)
+{
+    if (pf && prof.on && prof.n < PROF_MAX)
+        cudaEventRecord(prof.ev[2 * prof.n], s);
+    return 0;
+}
+
+static int prof_end(ecu_ctx *cx, cudaStream_t s, int pf, int op, int rc)
+{
+    if (pf && prof.on && prof.n < PROF_MAX) {
+        cudaEventRecord(prof.ev[2 * prof.n + 1], s);
+        prof.op[prof.n++] = op;
+    }
+    return rc;
+}
+#define PROF(op, call) (prof_begin(cx, stream, pf) || prof_end(cx, stream, pf, op, (call)))
+
+static void prof_collect(void)
+{
+    for (uint32_t i = 0; i < prof.n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, prof.ev[2 * i], prof.ev[2 * i + 1]) == cudaSuccess) {
+            prof.ms[prof.op[i]] += ms;
+            prof.calls[prof.op[i]]++;
+        }
+    }
+    prof.n = 0;
+}
+
+extern "C" int ecu_profile(int on, FILE *out, const char *label)
+{
+    if (on && !prof.on) {
+        for (int i = 0; i < 2 * PROF_MAX; i++)
+            if (!prof.ev[i] && cudaEventCreate(&prof.ev[i]) != cudaSuccess)
+                return -1;
+        memset(prof.ms, 0, sizeof prof.ms);
+        memset(prof.calls, 0, sizeof prof.calls);
+        prof.n = 0;
+    }
+    if (!on && prof.on && out) {
+        double total = 0;
+        for (int k = 0; k < OP_N; k++)
+            total += prof.ms[k];
+        for (int k = 0; k < OP_N; k++)
+            if (prof.calls[k])
+                fprintf(out, "gpu_profile %s op=%s calls=%llu total_ms=%.3f us_per_call=%.2f share=%.3f\n", label,
+                        op_names[k], (unsigned long long)prof.calls[k], prof.ms[k], 1e3 * prof.ms[k] / prof.calls[k],
+                        total > 0 ? prof.ms[k] / total : 0);
+    }
+    prof.on = on;
+    return 0;
+}
+
+/* q, kx, vx = Wq, Wk, Wv xb: one launch on the GEMV path */
+static int qkv(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *err)
+{
+    if (T <= ECU_GEMV_MAX_TOKENS) {
+        ecu_mat m[3] = {L->wq, L->wk, L->wv};
+        float *y[3] = {cx->q, cx->kx, cx->vx};
+        const float *bias[3] = {L->bq, L->bk, L->bv};
+        return ecu_gemv_multi(3, m, cx->xb, T, y, bias, NULL, 0, s, err);
+    }
+    int rc;
+    if ((rc = matmul(cx, s, &L->wq, cx->xb, T, cx->q, L->bq, err)) ||
+        (rc = matmul(cx, s, &L->wk, cx->xb, T, cx->kx, L->bk, err)))
+        return rc;
+    return matmul(cx, s, &L->wv, cx->xb, T, cx->vx, L->bv, err);
+}
+
+/* g = silu(Wg att) * (Wu att): fused into one launch on the GEMV path */
+static int gate_up(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *err)
+{
+    if (T <= ECU_GEMV_MAX_TOKENS && ecu_gemv_swiglu_ok(&L->wg, &L->wu))
+        return ecu_gemv_swiglu(&L->wg, &L->wu, cx->att, T, cx->g, NULL, s, err);
+    int rc;
+    if ((rc = matmul(cx, s, &L->wg, cx->att, T, cx->g, NULL, err)) ||
+        (rc = matmul(cx, s, &L->wu, cx->att, T, cx->u, NULL, err)))
+        return rc;
+    return ecu_swiglu(cx->g, cx->u, (uint64_t)T * cx->c.n_ff, s, err);
+}
+
+/* Every kernel of a forward of T tokens with n_out outputs, enqueued on s. All that varies
+ * between batches of the same (T, n_out) is read from the device copy of the batch metadata,
+ * so this is also what a decode graph captures (pf = 0 there: no profile events). */
+static int forward_body(ecu_ctx *cx, cudaStream_t stream, uint32_t T, uint32_t n_out, int pf, eng_err *err)
+{
+    const snap_config *c = &cx->c;
+    const uint32_t E = c->n_embd;
+    uint8_t *d = cx->d_meta;
+    const int32_t *d_tok = (const int32_t *)d, *d_pos = d_tok + cx->max_tokens;
+    const uint32_t *d_seq = (const uint32_t *)(d_pos + cx->max_tokens), *d_out = d_seq + cx->max_tokens;
+    const uint32_t *d_boff = d_out + cx->max_tokens;
+    ecu_kv_batch kb = {d_pos, d_seq, d_boff, (const int32_t *)(d_boff + cx->max_tokens)};
+    ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style,
+                         1.0f /* linear scaling is in the frequencies */};
+    void *s = stream;
+    int rc;
+    if ((rc = PROF(OP_EMBED, ecu_embed(&cx->embd, d_tok, T, cx->x, s, err))))
+        return rc;
+    if (T <= ECU_GEMV_MAX_TOKENS && cx->fused) {
+        /* the GEMV path: each layer's two RMSNorms ride in the QKV and gate/up products' input,
+         * the two residual adds in the output and down products' (x += W a) */
+        for (uint32_t l = 0; l < c->n_layer; l++) {
+            const ecu_layer *L = &cx->layers[l];
+            __half *kc = (__half *)cx->d_kc + l * cx->kv_layer_elems, *vc = (__half *)cx->d_vc + l * cx->kv_layer_elems;
+            const ecu_norm an = {L->attn_norm, c->rms_eps}, fn = {L->ffn_norm, c->rms_eps};
+            const ecu_mat mqkv[3] = {L->wq, L->wk, L->wv};
+            float *yqkv[3] = {cx->q, cx->kx, cx->vx}, *yx[1] = {cx->x};
+            const float *bqkv[3] = {L->bq, L->bk, L->bv};
+            if ((rc = PROF(OP_QKV, ecu_gemv_multi(3, mqkv, cx->x, T, yqkv, bqkv, &an, 0, s, err))) ||
+                (rc = PROF(OP_ROPE, ecu_rope_store(&as, &kb, T, cx->d_inv_freq, cx->q, cx->kx, cx->vx, kc, vc, s, err))) ||
+                (rc = PROF(OP_ATTN, ecu_attention(&as, &kb, T, cx->q, kc, vc, cx->att, s, err))) ||
+                (rc = PROF(OP_WO, ecu_gemv_multi(1, &L->wo, cx->att, T, yx, NULL, NULL, 1, s, err))) ||
+                (rc = PROF(OP_GATE_UP, ecu_gemv_swiglu(&L->wg, &L->wu, cx->x, T, cx->g, &fn, s, err))) ||
+                (rc = PROF(OP_DOWN, ecu_gemv_multi(1, &L->wd, cx->g, T, yx, NULL, NULL, 1, s, err))))
+                return rc;
+        }
+    } else {
+        for (uint32_t l = 0; l < c->n_layer; l++) {
+            const ecu_layer *L = &cx->layers[l];
+            __half *kc = (__half *)cx->d_kc + l * cx->kv_layer_elems, *vc = (__half *)cx->d_vc + l * cx->kv_layer_elems;
+            /* layer 0 norms x; later layers first add the previous FFN output (fused residual) */
+            if ((rc = PROF(OP_NORM, ecu_rmsnorm(cx->x, l ? cx->xb : NULL, NULL, L->attn_norm, cx->xb, T, E, c->rms_eps, s, err))) ||
+                (rc = PROF(OP_QKV, qkv(cx, s, L, T, err))) ||
+                (rc = PROF(OP_ROPE, ecu_rope_store(&as, &kb, T, cx->d_inv_freq, cx->q, cx->kx, cx->vx, kc, vc, s, err))) ||
+                (rc = PROF(OP_ATTN, ecu_attention(&as, &kb, T, cx->q, kc, vc, cx->att, s, err))) ||
+                (rc = PROF(OP_WO, matmul(cx, s, &L->wo, cx->att, T, cx->xb, NULL, err))) ||
+                (rc = PROF(OP_NORM, ecu_rmsnorm(cx->x, cx->xb, NULL, L->ffn_norm, cx->att, T, E, c->rms_eps, s, err))) ||
+                (rc = PROF(OP_GATE_UP, gate_up(cx, s, L, T, err))) ||
+                (rc = PROF(OP_DOWN, matmul(cx, s, &L->wd, cx->g, T, cx->xb, NULL, err))))
+                return rc;
+        }
+        if (n_out && (rc = PROF(OP_NORM, ecu_add(cx->x, cx->xb, (uint64_t)T * E, s, err))))
+            return rc;
+    }
+    if (n_out == 0) /* a prefill chunk with no logits wanted: its KV is stored */
+        return 0;
+    if ((rc = PROF(OP_NORM, ecu_rmsnorm(cx->x, NULL, d_out, cx->output_norm, cx->att, n_out, E, c->rms_eps, s, err))))
+        return rc;
+    return PROF(OP_HEAD, matmul(cx, s, &cx->output, cx->att, n_out, cx->logits, NULL, err));
+}
+
+/* ---- decode graphs --------------------------------------------------------------------------------
+ * Batches of T <= ECU_GEMV_MAX_TOKENS tokens replay a CUDA graph of forward_body per (T, n_out)
+ * instead of ~8 launches per layer. A thread started once the backend is ready captures them
+ * (capture enqueues nothing, so it runs beside live forwards); until a graph is published,
+ * forwards launch kernels one by one. Nothing is captured on the path to ready. */
+static int graphs_off(void)
+{
+    const char *e = getenv("THAW_CUDA_GRAPHS");
+    return e && *e == '0';
+}
+
+static int graphs_pending_n; /* capture threads running (bench/gpu waits for them) */
+
+extern "C" int ecu_graphs_pending(void) { return __atomic_load_n(&graphs_pending_n, __ATOMIC_ACQUIRE); }
+
+static void *capture_main(void *arg)
+{
+    ecu_ctx *cx = (ecu_ctx *)arg;
+    cudaStream_t cs = NULL;
+    if (cudaSetDevice(cx->device) != cudaSuccess || cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking) != cudaSuccess)
+        goto done;
+    for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++)
+        for (uint32_t n = T + 1; n-- > 0;) { /* n_out = T first: the decode step */
+            if (__atomic_load_n(&cx->graphs_stop, __ATOMIC_ACQUIRE))
+                goto done;
+            cudaGraph_t g = NULL;
+            cudaGraphExec_t ge = NULL;
+            eng_err err = {{0}};
+            if (cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
+                goto done;
+            int rc = forward_body(cx, cs, T, n, 0, &err);
+            cudaError_t e = cudaStreamEndCapture(cs, &g);
+            if (rc == 0 && e == cudaSuccess && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess)
+                __atomic_store_n(&cx->graphs[T][n], ge, __ATOMIC_RELEASE);
+            else
+                cudaGetLastError(); /* a failed capture leaves this (T, n_out) on plain launches */
+            if (g)
+                cudaGraphDestroy(g);
+        }
+done:
+    if (cs)
+        cudaStreamDestroy(cs);
+    __atomic_fetch_sub(&graphs_pending_n, 1, __ATOMIC_ACQ_REL);
+    return NULL;
 }
 
 static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *err)
 {
     ecu_ctx *cx = (ecu_ctx *)ctx;
     const snap_config *c = &cx->c;
-    uint32_t T = b->n_tokens, E = c->n_embd;
+    uint32_t T = b->n_tokens;
     if (T == 0 || T > cx->max_tokens || b->n_out > cx->max_tokens || b->n_seqs > cx->max_tokens)
         return eng_fail(err, ENG_EINVAL, "batch of %u tokens (%u outputs, %u sequences) exceeds the backend's %u", T,
                         b->n_out, b->n_seqs, cx->max_tokens);
@@ -319,44 +540,23 @@ static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *e
     int rc = 0;
     CU_TRY(cudaMemcpyAsync(cx->d_meta, h, used, cudaMemcpyHostToDevice, cx->stream), "upload batch");
     {
-        uint8_t *d = cx->d_meta;
-        const int32_t *d_tok = (const int32_t *)d, *d_pos = d_tok + cx->max_tokens;
-        const uint32_t *d_seq = (const uint32_t *)(d_pos + cx->max_tokens), *d_out = d_seq + cx->max_tokens;
-        const uint32_t *d_boff = d_out + cx->max_tokens;
-        ecu_kv_batch kb = {d_pos, d_seq, d_boff, (const int32_t *)(d_boff + cx->max_tokens)};
-        ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style,
-                             1.0f /* linear scaling is in the frequencies */};
-        void *s = cx->stream;
-        if ((rc = ecu_embed(&cx->embd, d_tok, T, cx->x, s, err)))
+        cudaGraphExec_t ge = T <= ECU_GEMV_MAX_TOKENS && b->n_out <= T && !prof.on
+                                 ? __atomic_load_n(&cx->graphs[T][b->n_out], __ATOMIC_ACQUIRE)
+                                 : NULL;
+        if (ge)
+            CU_TRY(cudaGraphLaunch(ge, cx->stream), "launch the decode graph");
+        else if ((rc = forward_body(cx, cx->stream, T, b->n_out, 1, err)))
             return rc;
-        for (uint32_t l = 0; l < c->n_layer; l++) {
-            const ecu_layer *L = &cx->layers[l];
-            __half *kc = (__half *)cx->d_kc + l * cx->kv_layer_elems, *vc = (__half *)cx->d_vc + l * cx->kv_layer_elems;
-            /* layer 0 norms x; later layers first add the previous FFN output (fused residual) */
-            if ((rc = ecu_rmsnorm(cx->x, l ? cx->xb : NULL, NULL, L->attn_norm, cx->xb, T, E, c->rms_eps, s, err)) ||
-                (rc = matmul(cx, &L->wq, cx->xb, T, cx->q, L->bq, err)) ||
-                (rc = matmul(cx, &L->wk, cx->xb, T, cx->kx, L->bk, err)) ||
-                (rc = matmul(cx, &L->wv, cx->xb, T, cx->vx, L->bv, err)) ||
-                (rc = ecu_rope_store(&as, &kb, T, cx->d_inv_freq, cx->q, cx->kx, cx->vx, kc, vc, s, err)) ||
-                (rc = ecu_attention(&as, &kb, T, cx->q, kc, vc, cx->att, s, err)) ||
-                (rc = matmul(cx, &L->wo, cx->att, T, cx->xb, NULL, err)) ||
-                (rc = ecu_rmsnorm(cx->x, cx->xb, NULL, L->ffn_norm, cx->att, T, E, c->rms_eps, s, err)) ||
-                (rc = matmul(cx, &L->wg, cx->att, T, cx->g, NULL, err)) ||
-                (rc = matmul(cx, &L->wu, cx->att, T, cx->u, NULL, err)) ||
-                (rc = ecu_swiglu(cx->g, cx->u, (uint64_t)T * c->n_ff, s, err)) ||
-                (rc = matmul(cx, &L->wd, cx->g, T, cx->xb, NULL, err)))
-                return rc;
+        if (b->n_out) {
+            prof_begin(cx, cx->stream, 1);
+            CU_TRY(cudaMemcpyAsync(logits, cx->logits, (uint64_t)b->n_out * c->n_vocab * sizeof(float),
+                                   cudaMemcpyDeviceToHost, cx->stream), "copy logits");
+            prof_end(cx, cx->stream, 1, OP_COPY, 0);
         }
-        if ((rc = ecu_add(cx->x, cx->xb, (uint64_t)T * E, s, err)) ||
-            (rc = ecu_rmsnorm(cx->x, NULL, d_out, cx->output_norm, cx->att, b->n_out, E, c->rms_eps, s, err)))
-            return rc;
-        if (b->n_out == 0)
-            return 0;
-        if ((rc = matmul(cx, &cx->output, cx->att, b->n_out, cx->logits, NULL, err)))
-            return rc;
-        CU_TRY(cudaMemcpyAsync(logits, cx->logits, (uint64_t)b->n_out * c->n_vocab * sizeof(float),
-                               cudaMemcpyDeviceToHost, cx->stream), "copy logits");
+        /* also with no outputs: the next call rewrites the pinned metadata this one uploads */
         CU_TRY(cudaStreamSynchronize(cx->stream), "forward");
+        if (prof.on)
+            prof_collect();
     }
     return 0;
 fail:
@@ -372,6 +572,14 @@ static void cuda_destroy(void *ctx)
         return;
     if (cx->init_started)
         pthread_join(cx->init_thread, NULL);
+    if (cx->capture_started) {
+        __atomic_store_n(&cx->graphs_stop, 1, __ATOMIC_RELEASE);
+        pthread_join(cx->capture_thread, NULL);
+    }
+    for (int t = 0; t <= ECU_GEMV_MAX_TOKENS; t++)
+        for (int n = 0; n <= ECU_GEMV_MAX_TOKENS; n++)
+            if (cx->graphs[t][n])
+                cudaGraphExecDestroy(cx->graphs[t][n]);
     if (cx->stream)
         cudaStreamSynchronize(cx->stream);
     for (int i = 0; i < ECU_COPY_STREAMS; i++)
@@ -407,13 +615,6 @@ static void cuda_destroy(void *ctx)
     free(cx);
 }
 
-static double gpu_mem_fraction(void)
-{
-    const char *v = getenv("THAW_GPU_MEM_FRACTION");
-    double f = v ? atof(v) : 0.9;
-    return f > 0.05 && f <= 1.0 ? f : 0.9;
-}
-
 static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, uint32_t *n_kv_blocks,
                        snap_load_stats *stats, eng_err *err)
 {
@@ -421,6 +622,9 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
     int n_dev = ecu_device_count();
     if (n_dev <= 0)
         return eng_fail(err, ENG_EUNSUPPORTED, "cuda: no CUDA device found");
+    uint32_t hd = snap_get_config(f)->head_dim;
+    if (hd != 64 && hd != 128 && hd != 256)
+        return eng_fail(err, ENG_EUNSUPPORTED, "cuda: head_dim %u (the CUDA backend takes 64, 128 or 256)", hd);
     ecu_ctx *cx = (ecu_ctx *)calloc(1, sizeof *cx);
     if (!cx)
         return eng_fail(err, ENG_ENOMEM, "out of memory");
@@ -478,10 +682,14 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
             cx->output = cx->embd;
         else if ((rc = bind(cx, f, "output.weight", &cx->output, NULL, 1, err)))
             goto fail;
+        cx->fused = 1;
         for (uint32_t l = 0; l < c->n_layer; l++) {
             ecu_layer *L = &cx->layers[l];
             int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
             ENG_BIND_LAYER();
+            const ecu_mat *ms[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
+            for (int i = 0; i < 7; i++)
+                cx->fused = cx->fused && ecu_gemv_fusable(ms[i]) && ms[i]->dtype == L->wq.dtype;
         }
         uint32_t half = c->head_dim / 2;
         float *hf = (float *)malloc(2 * half * sizeof(float));
@@ -529,7 +737,7 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
         uint64_t per_block = 2ull * c->n_layer * c->n_head_kv * ENG_BLOCK_TOKENS * c->head_dim * 2; /* f16 */
         size_t free_b = 0, total_b = 0;
         CU_TRY(cudaMemGetInfo(&free_b, &total_b), "query memory");
-        double frac = gpu_mem_fraction();
+        double frac = p->gpu_mem_fraction > 0 && p->gpu_mem_fraction <= 1 ? p->gpu_mem_fraction : 0.9;
         uint64_t used = total_b - free_b, allowed = (uint64_t)(frac * (double)total_b);
         uint64_t budget = allowed > used ? allowed - used : 0;
         if (p->kv_mem_bytes && p->kv_mem_bytes < budget)
@@ -553,6 +761,13 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
     }
     *n_kv_blocks = cx->n_blocks;
     *out = cx;
+    if (!graphs_off()) {
+        __atomic_fetch_add(&graphs_pending_n, 1, __ATOMIC_ACQ_REL);
+        if (pthread_create(&cx->capture_thread, NULL, capture_main, cx) == 0)
+            cx->capture_started = 1;
+        else
+            __atomic_fetch_sub(&graphs_pending_n, 1, __ATOMIC_ACQ_REL);
+    }
     return 0;
 nomem:
     rc = eng_fail(err, ENG_ENOMEM, "out of memory sizing the CUDA backend");

@@ -1,11 +1,12 @@
 /* kernels.cu -- the CUDA backend's kernels. Every formula mirrors engine/cpu/cpu.c (the
- * reference); differences are the KV cache in f16 and f32 sums in another order.
+ * reference); differences are the KV cache in f16, f32 sums in another order, f16 activations
+ * in the prefill GEMMs and int8 activations in the decode GEMV for SPLIT q4/q8 weights (see
+ * "GEMV for SPLIT q4/q8"; tests/test_gpu.c states what each costs).
  *
- * Weights are read through one accessor, load_block(), that yields a block of 32 weights as
- * floats whatever the dtype and layout: SPLIT q4 is one 16-byte load of quants plus two f16
- * (scale, minimum) from their planes; SPLIT q8 two 16-byte loads. GEMV gives each warp one
- * row, each lane whole blocks (lanes stride by 32 blocks, two blocks unrolled so several
- * 16-byte loads are in flight per lane), and keeps up to 4 tokens' sums in registers.
+ * Two GEMVs: gemv2_kernel for SPLIT q4/q8 (what `thaw pack --target cuda` writes; the fast
+ * path) and gemv_kernel for everything else (f16, f32, BLOCKS layout), which reads weights
+ * through load_block(): a block of 32 weights as floats whatever the dtype and layout, one
+ * warp per row, f32 activations.
  */
 #include "kernels.h"
 
@@ -134,9 +135,15 @@ gemv_kernel(ecu_mat m, const float *__restrict__ x, uint64_t ldx, float *__restr
     }
 }
 
+static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
+                     const float *d_bias, void *stream, eng_err *err);
+
 extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                         const float *d_bias, void *stream, eng_err *err)
 {
+    int rc = g2_single(m, d_x, ldx, n_tokens, d_y, ldy, d_bias, stream, err);
+    if (rc <= 0)
+        return rc;
     unsigned grid = (unsigned)((m->rows + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 blk(GEMV_WARPS * 32);
     switch (n_tokens) {
@@ -147,6 +154,502 @@ extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32
     default: return eng_fail(err, ENG_EINVAL, "ecu_gemv: %u tokens (at most %d)", n_tokens, ECU_GEMV_MAX_TOKENS);
     }
     LAUNCH_CHECK(err);
+}
+
+/* ---- GEMV for SPLIT q4/q8 (the layout `thaw pack --target cuda` writes) ---------------------
+ *
+ * Decode is bound by reading the weights once, so the arithmetic per weight must stay small:
+ * with f32 activations a q4 weight costs ~5 instructions (unpack, convert, multiply-add) and
+ * an H100 tops out near half its memory bandwidth. So, as llama.cpp's CUDA backend does, the
+ * activations are quantized to int8 per block of 32 (scale dx = max|x| / 127) and each block
+ * is one integer dot product of 8 dp4a instructions:
+ *   sum (d q + m) x  ~=  d dx sum(q qx) + m dx sum(qx)        (q8: m = 0, q signed)
+ * Each CTA quantizes x itself into shared memory (x: f32 [T][cols] in global memory; shared:
+ * per token the blocks' low and high 16 bytes in two planes, so 32 lanes reading 16 bytes
+ * each hit distinct banks, then the scales dx and dx sum(qx)).
+ *
+ * Each warp streams R = 2 weight rows: lane l owns blocks l, l + 32, ..; a block is one
+ * 16-byte load of quants per row (two for q8) plus its f16 scale (and minimum), DEPTH blocks
+ * ahead. CTAs are persistent (two per multiprocessor), taking rounds of G2_WARPS row groups.
+ * Up to three matrices with the same columns run in one launch, rows stacked (Q, K, V); or a
+ * gate and an up matrix run paired, each warp taking the same row of both and writing
+ * silu(gate) * up (PAIR).
+ */
+#define G2_WARPS 8
+#define G2_SMEM_CAP (96u << 10) /* at most this much quantized x per CTA (less where the GPU allows less) */
+
+typedef struct g2_args {
+    ecu_mat m[3];
+    float *y[3];
+    const float *bias[3];
+    uint64_t ldy[3];
+    uint64_t row0[4]; /* stacked row starts; row0[n] = total */
+    uint32_t n;
+    const float *x;
+    uint64_t ldx, cols;
+    uint64_t groups;  /* row groups: R rows each (PAIR: R / 2 of each matrix) */
+    const float *norm_w; /* set: x is RMS-normalised (times norm_w) on its way in */
+    float eps;
+    int accum;        /* y += W x (the residual add) instead of y = W x + bias */
+} g2_args;
+
+/* shared bytes for T tokens of nb blocks: two 16-byte planes and two floats per block */
+__host__ __device__ static inline uint64_t g2_smem_bytes(uint32_t T, uint64_t nb) { return (uint64_t)T * nb * 40; }
+
+/* Block b of one row, loaded ahead of use: its quants, scale and (q4) minimum. */
+template <int QB>
+struct g2_blk {
+    uint4 q[QB / 16];
+    __half d, m;
+};
+
+template <int QB>
+__device__ __forceinline__ void g2_load(const uint8_t *q, const __half *sp, const __half *mp, uint64_t b, g2_blk<QB> &v)
+{
+#pragma unroll
+    for (int k = 0; k < QB / 16; k++)
+        v.q[k] = __ldg((const uint4 *)(q + b * QB) + k);
+    v.d = __ldg(sp + b);
+    if (QB == 16)
+        v.m = __ldg(mp + b);
+}
+
+/* sum over one block of q * qx (int): q4 nibbles 0-15 pair with x bytes 0-15 (low nibbles)
+ * and 16-31 (high nibbles); q8 bytes pair with x bytes in order. */
+template <int QB>
+__device__ __forceinline__ int g2_dot(const g2_blk<QB> &v, const uint4 &x0, const uint4 &x1)
+{
+    const int xa[4] = {(int)x0.x, (int)x0.y, (int)x0.z, (int)x0.w}, xb[4] = {(int)x1.x, (int)x1.y, (int)x1.z, (int)x1.w};
+    int s = 0;
+    if (QB == 16) {
+        const uint32_t w[4] = {v.q[0].x, v.q[0].y, v.q[0].z, v.q[0].w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            s = __dp4a((int)(w[k] & 0x0F0F0F0Fu), xa[k], s);
+            s = __dp4a((int)((w[k] >> 4) & 0x0F0F0F0Fu), xb[k], s);
+        }
+    } else {
+        const uint32_t w[8] = {v.q[0].x, v.q[0].y, v.q[0].z, v.q[0].w, v.q[1].x, v.q[1].y, v.q[1].z, v.q[1].w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            s = __dp4a((int)w[k], xa[k], s);
+            s = __dp4a((int)w[k + 4], xb[k], s);
+        }
+    }
+    return s;
+}
+
+/* x [T][cols] f32 -> shared int8 blocks. Eight lanes per block, four values each (one float4
+ * load); a warp does 4 blocks per step and G2_QU steps with all their loads issued first, so
+ * a CTA has 4 * G2_WARPS * G2_QU blocks' loads in flight at once. */
+#define G2_QU 4
+
+template <int NT>
+__device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64_t nb, uint8_t *sm, const float *norm_w,
+                                            float eps, float *ss /* [NT][G2_WARPS] */)
+{
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % 8;
+    for (int t = 0; t < NT; t++) {
+        float sq = 0.0f; /* this thread's share of sum x^2 (norm_w set) */
+        uint8_t *p0 = sm + (uint64_t)t * nb * 32, *p1 = p0 + nb * 16;
+        float *dx = (float *)(sm + (uint64_t)NT * nb * 32) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+        for (uint64_t base = 0; base < nb; base += 4 * G2_WARPS * G2_QU) {
+            float4 v[G2_QU];
+            uint64_t bl[G2_QU];
+#pragma unroll
+            for (int u = 0; u < G2_QU; u++) {
+                bl[u] = base + (uint64_t)(u * G2_WARPS + warp) * 4 + lane / 8;
+                v[u] = bl[u] < nb ? *(const float4 *)(x + t * ldx + bl[u] * 32 + sub * 4) : make_float4(0, 0, 0, 0);
+            }
+            if (norm_w) { /* quantize x * w; the 1 / rms factor goes into the block scales below */
+#pragma unroll
+                for (int u = 0; u < G2_QU; u++) {
+                    sq += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+                    if (bl[u] < nb) {
+                        const float4 w = *(const float4 *)(norm_w + bl[u] * 32 + sub * 4);
+                        v[u].x *= w.x, v[u].y *= w.y, v[u].z *= w.z, v[u].w *= w.w;
+                    }
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < G2_QU; u++) {
+                float amax = fmaxf(fmaxf(fabsf(v[u].x), fabsf(v[u].y)), fmaxf(fabsf(v[u].z), fabsf(v[u].w)));
+#pragma unroll
+                for (int o = 4; o > 0; o /= 2) /* the 8 lanes of this block */
+                    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+                const float d = amax / 127.0f;
+                int q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+                if (amax > 0.0f) {
+                    q0 = __float2int_rn(v[u].x / d), q1 = __float2int_rn(v[u].y / d);
+                    q2 = __float2int_rn(v[u].z / d), q3 = __float2int_rn(v[u].w / d);
+                }
+                int sum = q0 + q1 + q2 + q3;
+#pragma unroll
+                for (int o = 4; o > 0; o /= 2)
+                    sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                if (bl[u] < nb) {
+                    const uint32_t packed = (uint32_t)(q0 & 0xFF) | (uint32_t)(q1 & 0xFF) << 8 |
+                                            (uint32_t)(q2 & 0xFF) << 16 | (uint32_t)(q3 & 0xFF) << 24;
+                    const int e = sub * 4; /* this lane's first value in the block */
+                    *(uint32_t *)(e < 16 ? p0 + bl[u] * 16 + e : p1 + bl[u] * 16 + e - 16) = packed;
+                    if (sub == 0)
+                        dx[bl[u]] = d, sx[bl[u]] = d * (float)sum;
+                }
+            }
+        }
+        if (norm_w) {
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2)
+                sq += __shfl_xor_sync(0xffffffffu, sq, o);
+            if (lane == 0)
+                ss[t * G2_WARPS + warp] = sq; /* summed in warp order below: deterministic */
+        }
+    }
+    if (norm_w) { /* every block scale of token t times 1 / rms(x_t) */
+        __syncthreads();
+        for (int t = 0; t < NT; t++) {
+            float sum = 0.0f;
+            for (int w = 0; w < G2_WARPS; w++)
+                sum += ss[t * G2_WARPS + w];
+            const float r = 1.0f / sqrtf(sum / (float)(nb * 32) + eps);
+            float *dx = (float *)(sm + (uint64_t)NT * nb * 32) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+            for (uint64_t b = threadIdx.x; b < nb; b += blockDim.x)
+                dx[b] *= r, sx[b] *= r;
+        }
+    }
+}
+
+/* The R rows of row group grp: which matrix, which local row, its planes. */
+template <int R, bool PAIR, int QB>
+struct g2_rows {
+    const uint8_t *qp[R];
+    const __half *sp[R], *mp[R];
+    bool ok[R];
+    int mk[R];
+    uint64_t lr[R];
+
+    __device__ __forceinline__ void at(const g2_args &a, uint64_t grp, uint64_t nb)
+    {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int k;
+            uint64_t row;
+            if (PAIR) {
+                k = r / (R / 2);
+                row = grp * (R / 2) + r % (R / 2);
+            } else {
+                uint64_t g = grp * R + r;
+                k = (g >= a.row0[1]) + (a.n > 2 && g >= a.row0[2]);
+                row = g - a.row0[k];
+            }
+            ok[r] = grp < a.groups && row < a.m[k].rows;
+            mk[r] = k;
+            lr[r] = ok[r] ? row : 0;
+            const ecu_mat &m = a.m[k];
+            uint64_t total = m.rows * nb;
+            qp[r] = m.d_base + lr[r] * nb * QB;
+            sp[r] = (const __half *)(m.d_base + total * QB) + lr[r] * nb;
+            mp[r] = sp[r] + total;
+        }
+    }
+
+    __device__ __forceinline__ void load(uint64_t b, uint64_t nb, g2_blk<QB> *v) const
+    {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (ok[r] && b < nb)
+                g2_load<QB>(qp[r], sp[r], mp[r], b, v[r]);
+    }
+};
+
+/* Each warp walks its items (row group k of its rounds, block step j of J per row) with the
+ * loads DEPTH items ahead, across row groups, so a warp never waits for a new row's first
+ * blocks. Rounds: row groups base + warp, base + warp + gridDim.x * G2_WARPS, .. */
+template <int NT, int R, bool PAIR, int QB>
+__global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_constant__ g2_args a)
+{
+    extern __shared__ uint4 g2_sm[];
+    constexpr int DEPTH = QB == 16 ? 4 : 2; /* items in flight per lane */
+    const int lane = threadIdx.x % 32;
+    const uint64_t nb = a.cols / 32, J = (nb + 31) / 32, step = (uint64_t)gridDim.x * G2_WARPS;
+    const uint64_t first = (uint64_t)blockIdx.x * G2_WARPS;
+    if (first >= a.groups)
+        return; /* the whole CTA: before any barrier */
+    const uint64_t items = (a.groups - first + step - 1) / step * J;
+    const uint64_t grp0 = first + threadIdx.x / 32;
+    const uint8_t *sm = (const uint8_t *)g2_sm;
+    const float *sdx = (const float *)(sm + (uint64_t)NT * nb * 32), *ssx = sdx + (uint64_t)NT * nb;
+
+    g2_rows<R, PAIR, QB> cur, pre;
+    g2_blk<QB> v[DEPTH][R];
+    uint64_t pk = 0, pj = 0; /* the next item to load: row group round pk, block step pj */
+    pre.at(a, grp0, nb);
+#pragma unroll
+    for (int u = 0; u < DEPTH; u++) {
+        if ((uint64_t)u < items) {
+            if (pj == J)
+                pk++, pj = 0, pre.at(a, grp0 + pk * step, nb);
+            pre.load(lane + 32 * pj, nb, v[u]);
+            pj++;
+        }
+    }
+    __shared__ float ss[NT * G2_WARPS];
+    g2_quantize<NT>(a.x, a.ldx, nb, (uint8_t *)g2_sm, a.norm_w, a.eps, ss);
+    __syncthreads();
+
+    float acc[R][NT];
+    uint64_t k = 0, j = 0;
+    for (uint64_t i0 = 0; i0 < items; i0 += DEPTH) {
+#pragma unroll
+        for (int u = 0; u < DEPTH; u++) {
+            if (i0 + u >= items)
+                break;
+            if (j == 0) {
+                cur.at(a, grp0 + k * step, nb);
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+                        acc[r][t] = 0.0f;
+            }
+            const uint64_t bb = lane + 32 * j;
+            if (bb < nb) {
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    const uint8_t *p0 = sm + (uint64_t)t * nb * 32;
+                    const uint4 x0 = *(const uint4 *)(p0 + bb * 16), x1 = *(const uint4 *)(p0 + nb * 16 + bb * 16);
+                    const float dx = sdx[t * nb + bb], sx = ssx[t * nb + bb];
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const float d = __half2float(v[u][r].d);
+                        const float m = QB == 16 ? __half2float(v[u][r].m) : 0.0f;
+                        acc[r][t] += d * dx * (float)g2_dot<QB>(v[u][r], x0, x1) + m * sx;
+                    }
+                }
+            }
+            /* refill this slot with the item DEPTH ahead */
+            if (i0 + u + DEPTH < items) {
+                if (pj == J)
+                    pk++, pj = 0, pre.at(a, grp0 + pk * step, nb);
+                pre.load(lane + 32 * pj, nb, v[u]);
+                pj++;
+            }
+            if (++j == J) { /* the row group is done */
+                j = 0;
+                k++;
+#pragma unroll
+                for (int r = 0; r < R; r++)
+#pragma unroll
+                    for (int t = 0; t < NT; t++)
+#pragma unroll
+                        for (int o = 16; o > 0; o /= 2)
+                            acc[r][t] += __shfl_xor_sync(0xffffffffu, acc[r][t], o);
+                if (lane == 0) {
+                    if (PAIR) {
+#pragma unroll
+                        for (int r = 0; r < R / 2; r++)
+                            if (cur.ok[r])
+#pragma unroll
+                                for (int t = 0; t < NT; t++) {
+                                    float g = acc[r][t], up = acc[r + R / 2][t];
+                                    a.y[0][t * a.ldy[0] + cur.lr[r]] = g / (1.0f + expf(-g)) * up;
+                                }
+                    } else {
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                            if (cur.ok[r]) {
+                                const float *bias = a.bias[cur.mk[r]];
+                                float bv = bias ? bias[cur.lr[r]] : 0.0f;
+#pragma unroll
+                                for (int t = 0; t < NT; t++) {
+                                    float *y = &a.y[cur.mk[r]][t * a.ldy[cur.mk[r]] + cur.lr[r]];
+                                    *y = (a.accum ? *y : 0.0f) + acc[r][t] + bv;
+                                }
+                            }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#define G2_R 2
+
+/* shared memory a CTA may have: 96 KB, or the GPU's opt-in limit where lower (T4: 64 KB) */
+static uint32_t g2_smem_max(void)
+{
+    static uint32_t v;
+    if (!v) {
+        int dev = 0, optin = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || optin <= 0)
+            optin = 48 << 10;
+        v = (uint32_t)optin < G2_SMEM_CAP ? (uint32_t)optin : G2_SMEM_CAP;
+    }
+    return v;
+}
+
+/* CTAs for a persistent launch: two per multiprocessor (16 warps), fewer for small matrices */
+static unsigned g2_grid(uint64_t groups)
+{
+    static int sms;
+    if (!sms) {
+        int dev = 0;
+        cudaGetDevice(&dev);
+        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+            sms = 16;
+    }
+    uint64_t need = (groups + G2_WARPS - 1) / G2_WARPS, cap = 2ull * (uint64_t)sms;
+    return (unsigned)(need < cap ? need : cap);
+}
+
+template <bool PAIR, int QB>
+static int g2_launch(g2_args &a, uint32_t T, uint64_t groups, cudaStream_t s, eng_err *err)
+{
+    a.groups = groups;
+    unsigned grid = g2_grid(groups);
+    size_t smem = (size_t)g2_smem_bytes(T, a.cols / 32);
+    switch (T) {
+#define G2_CASE(NT)                                                                                                   \
+    case NT:                                                                                                          \
+        gemv2_kernel<NT, G2_R, PAIR, QB><<<grid, G2_WARPS * 32, smem, s>>>(a);                                      \
+        break;
+        G2_CASE(1) G2_CASE(2) G2_CASE(3) G2_CASE(4)
+#undef G2_CASE
+    default: return eng_fail(err, ENG_EINVAL, "gemv: %u tokens (at most %d)", T, ECU_GEMV_MAX_TOKENS);
+    }
+    LAUNCH_CHECK(err);
+}
+
+template <bool PAIR, int QB>
+static cudaError_t g2_raise(int bytes)
+{
+    cudaError_t e = cudaSuccess;
+#define G2_RAISE(NT)                                                                                                  \
+    if (e == cudaSuccess)                                                                                             \
+        e = cudaFuncSetAttribute(gemv2_kernel<NT, G2_R, PAIR, QB>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    G2_RAISE(1) G2_RAISE(2) G2_RAISE(3) G2_RAISE(4)
+#undef G2_RAISE
+    return e;
+}
+
+/* Once per process, with the context current, before any launch or graph capture: the GEMV
+ * kernels' shared-memory limit and the device facts the launchers cache. */
+extern "C" int ecu_prepare(void)
+{
+    int bytes = (int)g2_smem_max();
+    g2_grid(1);
+    if (bytes <= 48 << 10)
+        return 0;
+    cudaError_t e = g2_raise<false, 16>(bytes);
+    if (e == cudaSuccess)
+        e = g2_raise<false, 32>(bytes);
+    if (e == cudaSuccess)
+        e = g2_raise<true, 16>(bytes);
+    if (e == cudaSuccess)
+        e = g2_raise<true, 32>(bytes);
+    return e == cudaSuccess ? 0 : -1;
+}
+
+static bool g2_fits(const ecu_mat *m)
+{
+    return m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8) &&
+           g2_smem_bytes(ECU_GEMV_MAX_TOKENS, m->cols / 32) <= g2_smem_max();
+}
+
+static int g2_run(g2_args &a, bool pair, uint32_t T, uint64_t groups, void *stream, eng_err *err)
+{
+    bool q4 = a.m[0].dtype == SNAP_Q4;
+    cudaStream_t s = st(stream);
+    if (pair)
+        return q4 ? g2_launch<true, 16>(a, T, groups, s, err) : g2_launch<true, 32>(a, T, groups, s, err);
+    return q4 ? g2_launch<false, 16>(a, T, groups, s, err) : g2_launch<false, 32>(a, T, groups, s, err);
+}
+
+
+/* 1 when the matrix is not for v2, else v2's result (0 or an ENG_E* code, negative) */
+static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
+                     const float *d_bias, void *stream, eng_err *err)
+{
+    if (!g2_fits(m) || n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS)
+        return 1;
+    g2_args a = {};
+    a.n = 1;
+    a.m[0] = *m;
+    a.y[0] = d_y;
+    a.bias[0] = d_bias;
+    a.ldy[0] = ldy;
+    a.row0[1] = a.row0[2] = a.row0[3] = m->rows;
+    a.x = d_x;
+    a.ldx = ldx;
+    a.cols = m->cols;
+    return g2_run(a, false, n_tokens, (m->rows + G2_R - 1) / G2_R, stream, err);
+}
+
+extern "C" int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, uint32_t n_tokens, float *const *d_y,
+                              const float *const *d_bias, const ecu_norm *norm, int accum, void *stream, eng_err *err)
+{
+    if (n < 1 || n > 3 || n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS)
+        return eng_fail(err, ENG_EINVAL, "gemv: %u matrices, %u tokens", n, n_tokens);
+    bool same = true;
+    for (uint32_t i = 0; i < n; i++)
+        same = same && g2_fits(&m[i]) && m[i].dtype == m[0].dtype && m[i].cols == m[0].cols;
+    if (!same && (norm || accum))
+        return eng_fail(err, ENG_EUNSUPPORTED, "gemv: a fused norm or residual add needs SPLIT q4/q8 matrices");
+    if (!same) {
+        for (uint32_t i = 0; i < n; i++) {
+            int rc = ecu_gemv(&m[i], d_x, m[i].cols, n_tokens, d_y[i], m[i].rows, d_bias ? d_bias[i] : NULL, stream, err);
+            if (rc)
+                return rc;
+        }
+        return 0;
+    }
+    g2_args a = {};
+    a.n = n;
+    for (uint32_t i = 0; i < n; i++) {
+        a.m[i] = m[i];
+        a.y[i] = d_y[i];
+        a.bias[i] = d_bias ? d_bias[i] : NULL;
+        a.ldy[i] = m[i].rows;
+        a.row0[i + 1] = a.row0[i] + m[i].rows;
+    }
+    for (uint32_t i = n + 1; i < 4; i++)
+        a.row0[i] = a.row0[n];
+    a.x = d_x;
+    a.ldx = a.cols = m[0].cols;
+    a.norm_w = norm ? norm->d_w : NULL;
+    a.eps = norm ? norm->eps : 0.0f;
+    a.accum = accum;
+    return g2_run(a, false, n_tokens, (a.row0[n] + G2_R - 1) / G2_R, stream, err);
+}
+
+extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const float *d_x, uint32_t n_tokens, float *d_y,
+                               const ecu_norm *norm, void *stream, eng_err *err)
+{
+    if (n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS || gate->rows != up->rows || gate->cols != up->cols)
+        return eng_fail(err, ENG_EINVAL, "gemv_swiglu: shapes or %u tokens", n_tokens);
+    if (!g2_fits(gate) || !g2_fits(up) || gate->dtype != up->dtype)
+        return eng_fail(err, ENG_EUNSUPPORTED, "gemv_swiglu: needs SPLIT q4/q8 matrices of one dtype");
+    g2_args a = {};
+    a.n = 2;
+    a.m[0] = *gate;
+    a.m[1] = *up;
+    a.y[0] = d_y;
+    a.ldy[0] = gate->rows;
+    a.row0[1] = a.row0[2] = a.row0[3] = gate->rows;
+    a.x = d_x;
+    a.ldx = a.cols = gate->cols;
+    a.norm_w = norm ? norm->d_w : NULL;
+    a.eps = norm ? norm->eps : 0.0f;
+    return g2_run(a, true, n_tokens, (gate->rows + G2_R / 2 - 1) / (G2_R / 2), stream, err);
+}
+
+extern "C" int ecu_gemv_fusable(const ecu_mat *m) { return g2_fits(m); }
+
+extern "C" int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up)
+{
+    return g2_fits(gate) && g2_fits(up) && gate->dtype == up->dtype && gate->rows == up->rows &&
+           gate->cols == up->cols;
 }
 
 /* ---- dequantize / convert (prefill) ------------------------------------------------------------ */
@@ -172,8 +675,51 @@ static unsigned grid_for(uint64_t n, unsigned block)
     return g > 65535u * 8 ? 65535u * 8 : (unsigned)(g ? g : 1);
 }
 
+/* SPLIT q4/q8 (the prefill fast path): four threads per block of 32, each writing 8 values as
+ * one 16-byte store, so a warp writes 512 contiguous bytes. Same arithmetic as load_block. */
+template <int QB>
+__global__ void dequant_split_kernel(ecu_mat m, uint64_t r0, uint64_t n_rows, __half *out)
+{
+    const uint64_t nb = m.cols / 32, total = m.rows * nb, first = r0 * nb, n = n_rows * nb * 4;
+    const __half *sc = (const __half *)(m.d_base + total * QB), *mn = sc + total;
+    for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (uint64_t)gridDim.x * blockDim.x) {
+        const uint64_t blk = first + i / 4;
+        const int part = (int)(i % 4);
+        const float d = __half2float(sc[blk]);
+        float v[8];
+        if (QB == 16) { /* values 0-15: low nibbles of bytes 0-15; 16-31: their high nibbles */
+            const float mv = __half2float(mn[blk]);
+            const uint2 q = *(const uint2 *)(m.d_base + blk * 16 + (part & 1) * 8);
+            const int sh = (part >> 1) * 4;
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                uint32_t byte = ((j < 4 ? q.x : q.y) >> (8 * (j % 4))) & 0xFF;
+                v[j] = d * (float)((byte >> sh) & 0xF) + mv;
+            }
+        } else {
+            const uint2 q = *(const uint2 *)(m.d_base + blk * 32 + part * 8);
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                v[j] = d * (float)(int8_t)(((j < 4 ? q.x : q.y) >> (8 * (j % 4))) & 0xFF);
+        }
+        __half2 h[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        *(uint4 *)(out + (i / 4) * 32 + part * 8) = *(const uint4 *)h;
+    }
+}
+
 extern "C" int ecu_dequant_f16(const ecu_mat *m, uint64_t r0, uint64_t n_rows, void *d_out, void *stream, eng_err *err)
 {
+    if (m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8)) {
+        unsigned grid = grid_for(n_rows * (m->cols / 32) * 4, 256);
+        if (m->dtype == SNAP_Q4)
+            dequant_split_kernel<16><<<grid, 256, 0, st(stream)>>>(*m, r0, n_rows, (__half *)d_out);
+        else
+            dequant_split_kernel<32><<<grid, 256, 0, st(stream)>>>(*m, r0, n_rows, (__half *)d_out);
+        LAUNCH_CHECK(err);
+    }
     dequant_kernel<<<grid_for(n_rows * (m->cols / 32), 256), 256, 0, st(stream)>>>(*m, r0, n_rows, (__half *)d_out);
     LAUNCH_CHECK(err);
 }
@@ -243,21 +789,6 @@ __device__ float block_sum(float v, float *sh)
     return s;
 }
 
-__device__ float block_max(float v, float *sh)
-{
-    for (int o = 16; o > 0; o /= 2)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    int w = threadIdx.x / 32, nw = blockDim.x / 32;
-    __syncthreads();
-    if (threadIdx.x % 32 == 0)
-        sh[w] = v;
-    __syncthreads();
-    float s = -INFINITY;
-    for (int i = 0; i < nw; i++)
-        s = fmaxf(s, sh[i]);
-    return s;
-}
-
 __global__ void rmsnorm_kernel(float *x, const float *add, const uint32_t *rows, const float *w, float *out, uint32_t n,
                                float eps)
 {
@@ -283,7 +814,7 @@ __global__ void rmsnorm_kernel(float *x, const float *add, const uint32_t *rows,
 extern "C" int ecu_rmsnorm(float *d_x, const float *d_add, const uint32_t *d_rows, const float *d_w, float *d_out,
                            uint32_t n_rows, uint32_t n, float eps, void *stream, eng_err *err)
 {
-    rmsnorm_kernel<<<n_rows, 256, 0, st(stream)>>>(d_x, d_add, d_rows, d_w, d_out, n, eps);
+    rmsnorm_kernel<<<n_rows, 1024, 0, st(stream)>>>(d_x, d_add, d_rows, d_w, d_out, n, eps);
     LAUNCH_CHECK(err);
 }
 
@@ -323,117 +854,166 @@ __device__ __forceinline__ int32_t kv_block(const ecu_kv_batch &kb, uint32_t t, 
     return kb.d_blocks[kb.d_block_off[kb.d_seq[t]] + (uint32_t)p / ENG_BLOCK_TOKENS];
 }
 
+/* One CTA per (token, head of q or k), a thread per rotated pair; the CTAs of the k heads
+ * also store k and v into the token's cache slot. */
 __global__ void rope_store_kernel(ecu_attn_shape s, ecu_kv_batch kb, const float *inv_freq, float *q, float *k,
                                   const float *v, __half *kc, __half *vc)
 {
-    uint32_t t = blockIdx.x, D = s.head_dim, half = D / 2, H = s.n_head, K = s.n_head_kv;
-    int32_t p = kb.d_pos[t];
-    float pos = (float)p * s.pos_scale;
-    int32_t blk = kv_block(kb, t, p);
-    uint32_t slot = (uint32_t)p % ENG_BLOCK_TOKENS;
-    for (uint32_t w = threadIdx.x; w < (H + K) * half; w += blockDim.x) {
-        uint32_t h = w / half, i = w % half;
-        float a = pos * inv_freq[i], c = cosf(a), sn = sinf(a);
-        uint32_t ia = s.rope_style == SNAP_ROPE_NEOX ? i : 2 * i, ib = s.rope_style == SNAP_ROPE_NEOX ? i + half : 2 * i + 1;
-        float *vec = h < H ? q + ((uint64_t)t * H + h) * D : k + ((uint64_t)t * K + (h - H)) * D;
-        float x0 = vec[ia], x1 = vec[ib];
-        float y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
-        vec[ia] = y0;
-        vec[ib] = y1;
-        if (h >= H) {
-            uint64_t o = kv_index(s, blk, h - H, slot);
-            kc[o + ia] = __float2half_rn(y0);
-            kc[o + ib] = __float2half_rn(y1);
-        }
-    }
-    for (uint32_t w = threadIdx.x; w < K * D; w += blockDim.x) {
-        uint32_t h = w / D, d = w % D;
-        vc[kv_index(s, blk, h, slot) + d] = __float2half_rn(v[((uint64_t)t * K + h) * D + d]);
+    const uint32_t t = blockIdx.x, h = blockIdx.y, D = s.head_dim, half = D / 2, H = s.n_head;
+    const int32_t p = kb.d_pos[t];
+    const uint32_t i = threadIdx.x;
+    float *vec = h < H ? q + ((uint64_t)t * H + h) * D : k + ((uint64_t)t * s.n_head_kv + (h - H)) * D;
+    float sn, c;
+    sincosf((float)p * s.pos_scale * inv_freq[i], &sn, &c);
+    const uint32_t ia = s.rope_style == SNAP_ROPE_NEOX ? i : 2 * i, ib = s.rope_style == SNAP_ROPE_NEOX ? i + half : 2 * i + 1;
+    const float x0 = vec[ia], x1 = vec[ib], y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
+    vec[ia] = y0;
+    vec[ib] = y1;
+    if (h >= H) {
+        const uint32_t kvh = h - H;
+        const uint64_t o = kv_index(s, kv_block(kb, t, p), kvh, (uint32_t)p % ENG_BLOCK_TOKENS);
+        kc[o + ia] = __float2half_rn(y0);
+        kc[o + ib] = __float2half_rn(y1);
+        const float *vr = v + ((uint64_t)t * s.n_head_kv + kvh) * D;
+        vc[o + i] = __float2half_rn(vr[i]);
+        vc[o + i + half] = __float2half_rn(vr[i + half]);
     }
 }
 
 extern "C" int ecu_rope_store(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_tokens, const float *d_inv_freq,
                               float *d_q, float *d_k, const float *d_v, void *d_kc, void *d_vc, void *stream, eng_err *err)
 {
-    rope_store_kernel<<<n_tokens, 128, 0, st(stream)>>>(*s, *kb, d_inv_freq, d_q, d_k, d_v, (__half *)d_kc, (__half *)d_vc);
+    dim3 grid(n_tokens, s->n_head + s->n_head_kv);
+    rope_store_kernel<<<grid, s->head_dim / 2, 0, st(stream)>>>(*s, *kb, d_inv_freq, d_q, d_k, d_v, (__half *)d_kc,
+                                                               (__half *)d_vc);
     LAUNCH_CHECK(err);
 }
 
-#define ATTN_THREADS 128
-#define ATTN_MAX_DIMS_PER_THREAD 4 /* head_dim <= 512 */
+/* Attention for head sizes 32 * DL (64, 128, 256): one CTA of ATT_WARPS warps per (head,
+ * token); warp w takes keys w, w + ATT_WARPS, .., ATT_KU of them at a time (their K and V
+ * rows loaded before any is used); the lanes split the head's dims (DL each), so a key's
+ * row is one coalesced load and its score one warp reduction. Each warp keeps its own
+ * online softmax (max m, sum l, output acc); the CTA merges the warps' states at the end. */
+#define ATT_WARPS 16
+#define ATT_KU 8
 
-/* One block per (head, token): keys in tiles of ATTN_THREADS, one key per thread; an online
- * softmax (running max m, running sum l) rescales the output accumulators per tile, so no
- * buffer proportional to the context is needed. Each thread owns output dims tid, tid+128.. */
-__global__ void __launch_bounds__(ATTN_THREADS)
+template <int DL>
+__device__ __forceinline__ void att_load(const __half *p, float *v)
+{
+    if (DL == 2) {
+        float2 f = __half22float2(*(const __half2 *)p);
+        v[0] = f.x, v[1] = f.y;
+    } else if (DL == 4) {
+        uint2 u = *(const uint2 *)p;
+        float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
+        v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+    } else {
+        uint4 u = *(const uint4 *)p;
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 f = __half22float2(*(const __half2 *)&w[i]);
+            v[2 * i] = f.x, v[2 * i + 1] = f.y;
+        }
+    }
+}
+
+template <int DL>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(ecu_attn_shape s, ecu_kv_batch kb, const float *q, const __half *kc, const __half *vc, float *out)
 {
-    extern __shared__ float sm[]; /* q [D], p [ATTN_THREADS], reduce [32] */
-    uint32_t h = blockIdx.x, t = blockIdx.y, D = s.head_dim, H = s.n_head;
-    uint32_t kvh = h / (s.n_head / s.n_head_kv);
-    float *qs = sm, *pb = sm + D, *red = pb + ATTN_THREADS;
-    const float *qv = q + ((uint64_t)t * H + h) * D;
-    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x)
-        qs[d] = qv[d];
-    __syncthreads();
-    int32_t P = kb.d_pos[t];
+    __shared__ float sm_acc[ATT_WARPS][32 * DL], sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    const uint32_t h = blockIdx.x, t = blockIdx.y, D = 32 * DL, H = s.n_head;
+    const uint32_t kvh = h / (s.n_head / s.n_head_kv), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    constexpr int KU = DL == 8 ? ATT_KU / 2 : ATT_KU; /* keys per round per warp (registers) */
+    const float scale = 1.0f / sqrtf((float)D);
+    float qv[DL], acc[DL];
+    const float *qp = q + ((uint64_t)t * H + h) * D + lane * DL;
+#pragma unroll
+    for (int i = 0; i < DL; i++)
+        qv[i] = qp[i] * scale, acc[i] = 0.0f;
+    const int32_t P = kb.d_pos[t];
     const int32_t *blocks = kb.d_blocks + kb.d_block_off[kb.d_seq[t]];
-    float scale = 1.0f / sqrtf((float)D);
-    float m = -INFINITY, l = 0.0f, acc[ATTN_MAX_DIMS_PER_THREAD] = {0, 0, 0, 0};
-    for (int32_t j0 = 0; j0 <= P; j0 += ATTN_THREADS) {
-        int32_t j = j0 + (int32_t)threadIdx.x;
-        float sc = -INFINITY;
-        if (j <= P) {
-            const __half *kp = kc + kv_index(s, blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS);
-            float d0 = 0.0f;
-            for (uint32_t d = 0; d < D; d += 2) {
-                float2 kk = __half22float2(*(const __half2 *)(kp + d));
-                d0 += qs[d] * kk.x + qs[d + 1] * kk.y;
+    float m = -INFINITY, l = 0.0f;
+    for (int32_t j0 = (int32_t)warp; j0 <= P; j0 += ATT_WARPS * KU) {
+        float kv[KU][DL], vv[KU][DL], sc[KU];
+#pragma unroll
+        for (int u = 0; u < KU; u++) {
+            int32_t j = j0 + u * ATT_WARPS;
+            if (j <= P) {
+                uint64_t o = kv_index(s, blocks[j / ENG_BLOCK_TOKENS], kvh, (uint32_t)j % ENG_BLOCK_TOKENS) + lane * DL;
+                att_load<DL>(kc + o, kv[u]);
+                att_load<DL>(vc + o, vv[u]);
             }
-            sc = d0 * scale;
         }
-        float mt = block_max(sc, red);
-        float mnew = fmaxf(m, mt), alpha = expf(m - mnew);
-        float pj = j <= P ? expf(sc - mnew) : 0.0f;
-        float sum = block_sum(pj, red);
-        pb[threadIdx.x] = pj;
-        __syncthreads();
-        l = l * alpha + sum;
-        int32_t n = P - j0 + 1 < ATTN_THREADS ? P - j0 + 1 : ATTN_THREADS;
-        for (int k = 0; k < ATTN_MAX_DIMS_PER_THREAD; k++) {
-            uint32_t d = threadIdx.x + k * ATTN_THREADS;
-            if (d >= D)
+        float mt = m;
+#pragma unroll
+        for (int u = 0; u < KU; u++) {
+            float d = 0.0f;
+            if (j0 + u * ATT_WARPS <= P) {
+#pragma unroll
+                for (int i = 0; i < DL; i++)
+                    d += qv[i] * kv[u][i];
+            }
+#pragma unroll
+            for (int o = 16; o > 0; o /= 2)
+                d += __shfl_xor_sync(0xffffffffu, d, o);
+            sc[u] = j0 + u * ATT_WARPS <= P ? d : -INFINITY;
+            mt = fmaxf(mt, sc[u]);
+        }
+        float corr = expf(m - mt); /* m = -inf on the first keys: 0 */
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < DL; i++)
+            acc[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < KU; u++) {
+            if (j0 + u * ATT_WARPS > P)
                 break;
-            float a = acc[k] * alpha;
-            for (int32_t jj = 0; jj < n; jj++) {
-                int32_t jx = j0 + jj;
-                a += pb[jj] * __half2float(vc[kv_index(s, blocks[jx / ENG_BLOCK_TOKENS], kvh, (uint32_t)jx % ENG_BLOCK_TOKENS) + d]);
-            }
-            acc[k] = a;
+            float p = expf(sc[u] - mt);
+            l += p;
+#pragma unroll
+            for (int i = 0; i < DL; i++)
+                acc[i] += p * vv[u][i];
         }
-        m = mnew;
-        __syncthreads();
+        m = mt;
+    }
+#pragma unroll
+    for (int i = 0; i < DL; i++)
+        sm_acc[warp][lane * DL + i] = acc[i];
+    if (lane == 0)
+        sm_m[warp] = m, sm_l[warp] = l;
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++)
+        M = fmaxf(M, sm_m[w]);
+    float L = 0.0f, f[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) { /* a warp with no keys has m = -inf, l = 0 */
+        f[w] = sm_l[w] > 0.0f ? expf(sm_m[w] - M) : 0.0f;
+        L += sm_l[w] * f[w];
     }
     float *o = out + ((uint64_t)t * H + h) * D;
-    float inv = 1.0f / l;
-    for (int k = 0; k < ATTN_MAX_DIMS_PER_THREAD; k++) {
-        uint32_t d = threadIdx.x + k * ATTN_THREADS;
-        if (d < D)
-            o[d] = acc[k] * inv;
+    for (uint32_t d = threadIdx.x; d < D; d += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            a += sm_acc[w][d] * f[w];
+        o[d] = a / L;
     }
 }
 
 extern "C" int ecu_attention(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_tokens, const float *d_q,
                              const void *d_kc, const void *d_vc, float *d_out, void *stream, eng_err *err)
 {
-    if (s->head_dim > ATTN_THREADS * ATTN_MAX_DIMS_PER_THREAD)
-        return eng_fail(err, ENG_EUNSUPPORTED, "attention: head_dim %u > %d", s->head_dim,
-                        ATTN_THREADS * ATTN_MAX_DIMS_PER_THREAD);
-    dim3 grid(s->n_head, n_tokens);
-    size_t shm = (s->head_dim + ATTN_THREADS + 32) * sizeof(float);
-    attention_kernel<<<grid, ATTN_THREADS, shm, st(stream)>>>(*s, *kb, d_q, (const __half *)d_kc, (const __half *)d_vc,
-                                                              d_out);
-    LAUNCH_CHECK(err);
+    dim3 g2(s->n_head, n_tokens);
+    const __half *k2 = (const __half *)d_kc, *v2 = (const __half *)d_vc;
+    switch (s->head_dim) {
+    case 64: attention_kernel<2><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
+    case 128: attention_kernel<4><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
+    case 256: attention_kernel<8><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
+    default:
+        return eng_fail(err, ENG_EUNSUPPORTED, "attention: head_dim %u (the CUDA backend takes 64, 128 or 256)",
+                        s->head_dim);
+    }
 }
 
 /* ---- helpers ------------------------------------------------------------------------------------ */

@@ -30,6 +30,24 @@ typedef struct ecu_mat {
 /* y[t][r] (row stride ldy) = W[r] . x[t] (row stride ldx) + bias[r], t < n_tokens <= 4. */
 int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
              const float *d_bias, void *stream, eng_err *err);
+/* RMSNorm folded into a GEMV's input: x is used as x * w / rms(x) (eps inside the root). */
+typedef struct ecu_norm {
+    const float *d_w;
+    float eps;
+} ecu_norm;
+
+/* n (1..3) matrices of the same columns on the same x, in one launch (Q, K, V):
+ * d_y[i] [T][m[i].rows] = m[i] x (+ d_bias[i] when d_bias and d_bias[i] are set); with norm,
+ * x is normalised first; with accum, d_y[i] += m[i] x (the residual add). norm and accum need
+ * matrices for which ecu_gemv_fusable holds (SPLIT q4/q8); other matrices run one by one. */
+int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, uint32_t n_tokens, float *const *d_y,
+                   const float *const *d_bias, const ecu_norm *norm, int accum, void *stream, eng_err *err);
+int ecu_gemv_fusable(const ecu_mat *m);
+/* d_y [T][rows] = silu(gate x) * (up x), fused (x normalised first with norm); only SPLIT
+ * q4/q8 (ecu_gemv_swiglu_ok). */
+int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const float *d_x, uint32_t n_tokens, float *d_y,
+                    const ecu_norm *norm, void *stream, eng_err *err);
+int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up);
 /* Rows [r0, r0 + n_rows) of W dequantized to f16, d_out [n_rows][cols]. */
 int ecu_dequant_f16(const ecu_mat *m, uint64_t r0, uint64_t n_rows, void *d_out, void *stream, eng_err *err);
 /* f32 -> f16, n elements. */
@@ -71,6 +89,10 @@ int ecu_rope_store(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_t
 int ecu_attention(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_tokens, const float *d_q,
                   const void *d_kc, const void *d_vc, float *d_out, void *stream, eng_err *err);
 
+/* Once per process, with the device's context current, before any launch: sets the kernels'
+ * shared-memory limits (0 or -1). */
+int ecu_prepare(void);
+
 /* Small helpers for tests and benches (no CUDA include needed by the caller). */
 int ecu_device_count(void);
 void *ecu_malloc(uint64_t n);                       /* device memory, NULL on failure */
@@ -83,6 +105,11 @@ int ecu_sync(void);
 double ecu_h2d_bandwidth(uint64_t n);
 double ecu_d2d_bandwidth(uint64_t n);
 const char *ecu_device_name(void);
+/* bench/gpu: time every op of the forwards between ecu_profile(1, ..) and ecu_profile(0, out,
+ * label), which prints one gpu_profile line per op (device time between events). */
+int ecu_profile(int on, FILE *out, const char *label);
+/* Decode-graph capture threads still running (bench/gpu waits for 0 before timing decode). */
+int ecu_graphs_pending(void);
 
 #ifdef __cplusplus
 }
