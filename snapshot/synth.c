@@ -6,11 +6,14 @@
  * source), a byte-level vocabulary of the real size and random weights.
  *
  * Weights are never materialised: every tensor is an SRC_F32 source with a generator
- * (snap_src_tensor.gen) that copies a row out of one shared table of 64K random floats at an
- * offset hashed from the tensor's name and the row. Rows therefore differ (quantized int4 of
- * constant or zero weights would be degenerate) and packing needs no more memory than the
- * packer's own per-tensor buffers. Values: matrices uniform in [-0.05, 0.05) (so activations
- * stay in range through many layers), norm weights 1, biases uniform in [-0.05, 0.05).
+ * (snap_src_tensor.gen) that draws a row from a generator seeded by the tensor's name and the
+ * row, so packing needs no more memory than the packer's own per-tensor buffers. Values:
+ * matrices uniform in [-0.05, 0.05) times a magnitude that changes every 16 values (1/2 .. 2),
+ * so that activations stay in range through many layers and quantization blocks' scales vary
+ * as a real model's do; norm weights 1; biases as matrices. Rows share no runs of values, and
+ * the scales vary: a synthetic snapshot's chunks are stored raw, as a real model's are (an
+ * earlier generator copied rows out of one small table: its chunks compressed and a load
+ * measured on them decompressed what a real one copies).
  *
  * Vocabulary: token i < 256 is byte i in the GPT-2 byte-to-character spelling (any text
  * tokenizes, byte by byte, with no merges), then "<tok_N>" fillers, then three ChatML control
@@ -20,7 +23,6 @@
 
 #include <stdint.h>
 
-#define SYNTH_TABLE 65536u /* random floats shared by all tensors */
 
 typedef struct synth_spec {
     const char *name, *display;
@@ -55,10 +57,6 @@ static const char synth_chatml[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-typedef struct synth_ctx {
-    uint64_t max_cols;
-    float table[];           /* [SYNTH_TABLE + max_cols]: a row is one contiguous slice */
-} synth_ctx;
 
 static uint64_t hash_name(const char *s)
 {
@@ -68,9 +66,18 @@ static uint64_t hash_name(const char *s)
     return h;
 }
 
+/* xorshift64*: 24 random bits as a float in [0, 1) */
+static float synth_uniform(uint64_t *x)
+{
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    uint32_t r = (uint32_t)((*x * 2685821657736338717ull) >> 40);
+    return (float)r / (float)(1u << 24);
+}
+
 static void synth_gen(const void *ctx, const snap_src_tensor *t, uint64_t row, float *out, uint64_t cols)
 {
-    const synth_ctx *sc = ctx;
     static const char norm[] = "_norm.weight";
     size_t len = strlen(t->name), k = sizeof norm - 1;
     if (len > k && !strcmp(t->name + len - k, norm)) { /* attn_norm, ffn_norm, output_norm */
@@ -78,9 +85,14 @@ static void synth_gen(const void *ctx, const snap_src_tensor *t, uint64_t row, f
             out[i] = 1.0f;
         return;
     }
-    SNAP_ASSERT(cols <= sc->max_cols);
-    uint64_t off = (hash_name(t->name) + row * 0x9E3779B97F4A7C15ull) % SYNTH_TABLE;
-    memcpy(out, sc->table + off, cols * sizeof *out);
+    /* the same weights on every machine: seeded by name and row only */
+    uint64_t x = (hash_name(t->name) ^ (row + 1) * 0x9E3779B97F4A7C15ull) | 1;
+    float g = 1.0f;
+    for (uint64_t i = 0; i < cols; i++) {
+        if (i % 16 == 0)
+            g = exp2f(2.0f * synth_uniform(&x) - 1.0f);
+        out[i] = (synth_uniform(&x) - 0.5f) * 0.1f * g;
+    }
 }
 
 /* GPT-2's byte-to-character map: printable bytes stand for themselves, the others are
@@ -158,7 +170,7 @@ static int synth_vocab(const synth_spec *s, snap_src_model *m, snap_err *err)
     return 0;
 }
 
-static int add(snap_src_model *m, const synth_ctx *sc, const char *name, uint64_t d0, uint64_t d1)
+static int add(snap_src_model *m, const char *name, uint64_t d0, uint64_t d1)
 {
     snap_src_tensor t;
     memset(&t, 0, sizeof t);
@@ -168,7 +180,7 @@ static int add(snap_src_model *m, const synth_ctx *sc, const char *name, uint64_
     t.shape[0] = d0;
     t.shape[1] = d1;
     t.gen = synth_gen;
-    t.gen_ctx = sc;
+    t.gen_ctx = NULL;
     return snap_src_add_tensor(m, &t);
 }
 
@@ -211,27 +223,9 @@ int snap_synth_model(const char *name, snap_src_model *m, snap_err *err)
         return rc;
 
     uint64_t E = s->n_embd, Q = (uint64_t)s->n_head * s->head_dim, KV = (uint64_t)s->n_head_kv * s->head_dim;
-    uint64_t widest = E > Q ? E : Q;
-    if (s->n_ff > widest)
-        widest = s->n_ff;
-    synth_ctx *sc = malloc(sizeof *sc + (SYNTH_TABLE + widest) * sizeof(float));
-    if (!sc || snap_src_own(m, sc)) {
-        free(sc);
-        return snap_fail(err, SNAP_ENOMEM, "synthetic %s: out of memory", s->name);
-    }
-    sc->max_cols = widest;
-    uint64_t x = 0x243F6A8885A308D3ull; /* xorshift64*: the same weights on every machine */
-    for (uint64_t i = 0; i < SYNTH_TABLE + widest; i++) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        uint32_t r = (uint32_t)((x * 2685821657736338717ull) >> 40); /* 24 random bits */
-        sc->table[i] = ((float)r / (float)(1u << 24) - 0.5f) * 0.1f;
-    }
-
     char n[SNAP_NAME_MAX];
     int bias = (s->flags & SNAP_FLAG_QKV_BIAS) != 0;
-    if ((rc = add(m, sc, "token_embd.weight", s->n_vocab, E)))
+    if ((rc = add(m, "token_embd.weight", s->n_vocab, E)))
         goto nomem;
     for (uint32_t l = 0; l < s->n_layer; l++) {
         static const struct { const char *suffix; int bias; int d0, d1; } want[] = {
@@ -247,13 +241,13 @@ int snap_synth_model(const char *name, snap_src_model *m, snap_err *err)
             if (want[i].bias && !bias)
                 continue;
             snprintf(n, sizeof n, "blk.%u.%s", l, want[i].suffix);
-            if ((rc = add(m, sc, n, dim[want[i].d0], dim[want[i].d1])))
+            if ((rc = add(m, n, dim[want[i].d0], dim[want[i].d1])))
                 goto nomem;
         }
     }
-    if ((rc = add(m, sc, "output_norm.weight", E, 0)))
+    if ((rc = add(m, "output_norm.weight", E, 0)))
         goto nomem;
-    if (!(s->flags & SNAP_FLAG_TIED_EMBED) && (rc = add(m, sc, "output.weight", s->n_vocab, E)))
+    if (!(s->flags & SNAP_FLAG_TIED_EMBED) && (rc = add(m, "output.weight", s->n_vocab, E)))
         goto nomem;
     return snap_src_validate(m, s->name, err);
 nomem:

@@ -9,7 +9,7 @@
  *     GEMMs on f16 activations; the CPU keeps both in f32); decode (GEMV path, activations
  *     quantized to int8 per block of 32) 2e-1 on SmolLM2's real weights and 1e-1 on synthetic
  *     ones. Measured on an H100 (2026-11-22): worst of 32 steps 0.146 for SmolLM2 (0.006 with
- *     the earlier f32-activation GEMV), 0.018 for synthetic SmolLM2, 0.063 for synthetic
+ *     the earlier f32-activation GEMV), 0.024 for synthetic SmolLM2, 0.071 for synthetic
  *     Qwen2.5-0.5B. The int8 activations are a speed-for-accuracy choice (bench/RESULTS.md);
  *     greedy agreement below is the functional check
  *   greedy agreement, SmolLM2 teacher-forced 32 steps:      >= 90 % of argmaxes equal
