@@ -15,8 +15,8 @@
  *   greedy agreement, SmolLM2 teacher-forced 32 steps:      >= 90 % of argmaxes equal
  *   batched (GEMM path) vs one-at-a-time (GEMV path): the decode bound; two sequences in one
  *     decode batch vs each alone: bitwise equal (the same kernels, per token independent)
- * RoPE and paged attention are checked through the whole forward (they have no separate
- * host reference here). THAW_GPU_QUICK=1 (compute-sanitizer) runs the kernels and SmolLM2 only.
+ * Paged attention also against a host softmax (head sizes 64, 128, 256); RoPE through the
+ * whole forward. THAW_GPU_QUICK=1 (compute-sanitizer) runs the kernels and SmolLM2 only.
  */
 #include "internal.h"
 #include "cuda/kernels.h"
@@ -79,9 +79,10 @@ static int int8_activations(uint32_t dtype, uint32_t layout)
 
 /* A random [rows][cols] matrix stored as dtype/layout: host bytes (as the packer writes them)
  * and the exact f32 values those bytes stand for. */
-static uint8_t *make_mat(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, float *vals, uint64_t *bytes)
+static uint8_t *make_mat_salted(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, float *vals,
+                                uint64_t *bytes, uint64_t salt)
 {
-    uint64_t seed = dtype * 131 + layout * 7 + rows;
+    uint64_t seed = dtype * 131 + layout * 7 + rows + salt * 1000003;
     uint64_t shape[2] = {rows, cols};
     uint64_t n = snap_tensor_bytes(dtype, 2, shape);
     uint8_t *blocks = malloc(n), *out = malloc(n);
@@ -123,6 +124,11 @@ static uint8_t *make_mat(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_
     free(row);
     *bytes = n;
     return out;
+}
+
+static uint8_t *make_mat(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, float *vals, uint64_t *bytes)
+{
+    return make_mat_salted(dtype, layout, rows, cols, vals, bytes, 0);
 }
 
 static void test_kernels_matmul(void)
@@ -273,6 +279,13 @@ static void test_kernels_gemv_fused(void)
             ecu_h2d(dm[k], bytes[k], n);
             m[k] = (ecu_mat){dtypes[d], SNAP_LAYOUT_SPLIT, rows[k], cols, dm[k]};
         }
+        /* an up matrix of the gate's shape but other values, so a gate/up mix-up shows */
+        float *wu = malloc(rows[0] * cols * 4);
+        uint64_t nu;
+        uint8_t *ubytes = make_mat_salted(dtypes[d], SNAP_LAYOUT_SPLIT, rows[0], cols, wu, &nu, 1), *dmu = ecu_malloc(nu);
+        REQUIRE(dmu != NULL);
+        ecu_h2d(dmu, ubytes, nu);
+        const ecu_mat mu = {dtypes[d], SNAP_LAYOUT_SPLIT, rows[0], cols, dmu};
         eng_err err = {{0}};
         for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
             /* variant 0: three matrices, biases; 1: the same with the norm folded in; 2: with
@@ -296,15 +309,16 @@ static void test_kernels_gemv_fused(void)
                     CHECK(e <= 1e-5);
                 }
             }
-            /* gate and up: matrix 0 and matrix 0 (the same rows), without and with the norm */
+            /* gate = matrix 0, up = mu; without and with the norm */
             for (int var = 0; var < 2; var++) {
                 const float *xr = var ? xnq : xq;
-                CHECK_RUN(ecu_gemv_swiglu(&m[0], &m[0], dx, T, dy[0], var ? &norm : NULL, NULL, &err));
+                CHECK_RUN(ecu_gemv_swiglu(&m[0], &mu, dx, T, dy[0], var ? &norm : NULL, NULL, &err));
                 CHECK_INT(ecu_sync(), 0);
                 for (uint32_t t = 0; t < T; t++)
                     for (uint64_t r = 0; r < rows[0]; r++) {
                         double g = ref_dot(w[0] + r * cols, xr + t * cols, cols);
-                        ref[t * rows[0] + r] = (float)(g / (1.0 + exp(-g)) * g);
+                        double u = ref_dot(wu + r * cols, xr + t * cols, cols);
+                        ref[t * rows[0] + r] = (float)(g / (1.0 + exp(-g)) * u);
                     }
                 ecu_d2h(got, dy[0], T * rows[0] * 4);
                 double e = nerr(got, ref, T * rows[0]);
@@ -316,11 +330,129 @@ static void test_kernels_gemv_fused(void)
         }
         for (int k = 0; k < 3; k++)
             ecu_free(dm[k]), free(bytes[k]), free(w[k]);
+        ecu_free(dmu), free(ubytes), free(wu);
     }
     for (int k = 0; k < 3; k++)
         ecu_free(dy[k]);
     ecu_free(dx), ecu_free(db), ecu_free(dnw);
     free(x), free(xn), free(xq), free(xnq), free(nw), free(bias), free(prev), free(ref), free(got);
+}
+
+/* The decode GEMV at sizes the small cases miss: 5000 rows (more row groups than the
+ * persistent grid takes in one round), 16384 columns (x past 48 KB of shared memory from 3
+ * tokens on); and the f16 dequantization of a row range that does not start at 0. */
+static void test_kernels_gemv_large(void)
+{
+    if (quick)
+        TEST_SKIP("THAW_GPU_QUICK set");
+    const uint64_t rows = 5000, cols = 16384, r0 = 1000, nr = 700;
+    uint64_t seed = 23, n;
+    float *w = malloc(rows * cols * 4), *x = malloc(4 * cols * 4), *xq = malloc(4 * cols * 4);
+    float *ref = malloc(4 * rows * 4), *got = malloc(4 * rows * 4), *deq = malloc(nr * cols * 4);
+    uint16_t *h = malloc(nr * cols * 2);
+    REQUIRE(w && x && xq && ref && got && deq && h);
+    for (uint64_t i = 0; i < 4 * cols; i++)
+        x[i] = frand(&seed);
+    quantize_like_gemv(x, 4 * cols, xq);
+    uint8_t *bytes = make_mat(SNAP_Q4, SNAP_LAYOUT_SPLIT, rows, cols, w, &n);
+    uint8_t *dm = ecu_malloc(n);
+    float *dx = ecu_malloc(4 * cols * 4), *dy = ecu_malloc(4 * rows * 4);
+    void *dh = ecu_malloc(nr * cols * 2);
+    REQUIRE(dm && dx && dy && dh);
+    ecu_h2d(dm, bytes, n);
+    ecu_h2d(dx, x, 4 * cols * 4);
+    const ecu_mat m = {SNAP_Q4, SNAP_LAYOUT_SPLIT, rows, cols, dm};
+    eng_err err = {{0}};
+    for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
+        CHECK_RUN(ecu_gemv(&m, dx, cols, T, dy, rows, NULL, NULL, &err));
+        CHECK_INT(ecu_sync(), 0);
+        for (uint32_t t = 0; t < T; t++)
+            for (uint64_t r = 0; r < rows; r++)
+                ref[t * rows + r] = (float)ref_dot(w + r * cols, xq + t * cols, cols);
+        ecu_d2h(got, dy, T * rows * 4);
+        double e = nerr(got, ref, T * rows);
+        if (!(e <= 1e-5))
+            fprintf(stderr, "  gemv 5000 x 16384 T=%u: normalised error %.3g\n", T, e);
+        CHECK(e <= 1e-5);
+    }
+    CHECK_RUN(ecu_dequant_f16(&m, r0, nr, dh, NULL, &err));
+    CHECK_INT(ecu_sync(), 0);
+    ecu_d2h(h, dh, nr * cols * 2);
+    for (uint64_t i = 0; i < nr * cols; i++)
+        deq[i] = snap_f16_to_f32(h[i]);
+    CHECK(nerr(deq, w + r0 * cols, nr * cols) <= 1e-3);
+    ecu_free(dm), ecu_free(dx), ecu_free(dy), ecu_free(dh);
+    free(bytes), free(w), free(x), free(xq), free(ref), free(got), free(deq), free(h);
+}
+
+/* Paged attention for head sizes 64, 128 and 256, 14 query heads on 2 KV heads, against a
+ * host softmax over the same f16 cache: three tokens of two sequences whose block tables
+ * are out of order, at positions 70 (five blocks), 17 and 0. */
+static void test_kernels_attention(void)
+{
+    const uint32_t H = 14, K = 2, NB = 12, T = 3;
+    const int32_t pos[3] = {70, 17, 0}, blocks[7] = {5, 2, 9, 0, 7, 1, 11};
+    const uint32_t seq[3] = {0, 1, 0}, off[2] = {0, 5};
+    static const uint32_t dims[3] = {64, 128, 256};
+    for (int di = 0; di < 3; di++) {
+        const uint32_t D = dims[di];
+        const uint64_t pool = (uint64_t)NB * K * ENG_BLOCK_TOKENS * D;
+        uint64_t seed = 31 + D;
+        uint16_t *kc = malloc(pool * 2), *vc = malloc(pool * 2);
+        float *q = malloc(T * H * D * 4), *ref = malloc(T * H * D * 4), *got = malloc(T * H * D * 4);
+        double *p = malloc(128 * sizeof *p);
+        for (uint64_t i = 0; i < pool; i++)
+            kc[i] = snap_f32_to_f16(frand(&seed) * 2), vc[i] = snap_f32_to_f16(frand(&seed));
+        for (uint64_t i = 0; i < (uint64_t)T * H * D; i++)
+            q[i] = frand(&seed);
+        for (uint32_t t = 0; t < T; t++)
+            for (uint32_t hh = 0; hh < H; hh++) {
+                uint32_t kvh = hh / (H / K);
+                const float *qv = q + ((uint64_t)t * H + hh) * D;
+                double mx = -INFINITY, sum = 0;
+                for (int32_t j = 0; j <= pos[t]; j++) {
+                    int32_t blk = blocks[off[seq[t]] + j / ENG_BLOCK_TOKENS];
+                    const uint16_t *kr = kc + (((uint64_t)blk * K + kvh) * ENG_BLOCK_TOKENS + j % ENG_BLOCK_TOKENS) * D;
+                    double d = 0;
+                    for (uint32_t i = 0; i < D; i++)
+                        d += (double)qv[i] * snap_f16_to_f32(kr[i]);
+                    p[j] = d / sqrt((double)D);
+                    mx = p[j] > mx ? p[j] : mx;
+                }
+                for (int32_t j = 0; j <= pos[t]; j++)
+                    sum += (p[j] = exp(p[j] - mx));
+                for (uint32_t i = 0; i < D; i++) {
+                    double o = 0;
+                    for (int32_t j = 0; j <= pos[t]; j++) {
+                        int32_t blk = blocks[off[seq[t]] + j / ENG_BLOCK_TOKENS];
+                        o += p[j] * snap_f16_to_f32(
+                                        vc[(((uint64_t)blk * K + kvh) * ENG_BLOCK_TOKENS + j % ENG_BLOCK_TOKENS) * D + i]);
+                    }
+                    ref[((uint64_t)t * H + hh) * D + i] = (float)(o / sum);
+                }
+            }
+        void *dkc = ecu_malloc(pool * 2), *dvc = ecu_malloc(pool * 2);
+        float *dq = ecu_malloc(T * H * D * 4), *dout = ecu_malloc(T * H * D * 4);
+        int32_t *dpos = ecu_malloc(sizeof pos), *dblocks = ecu_malloc(sizeof blocks);
+        uint32_t *dseq = ecu_malloc(sizeof seq), *doff = ecu_malloc(sizeof off);
+        REQUIRE(dkc && dvc && dq && dout && dpos && dblocks && dseq && doff);
+        ecu_h2d(dkc, kc, pool * 2), ecu_h2d(dvc, vc, pool * 2), ecu_h2d(dq, q, T * H * D * 4);
+        ecu_h2d(dpos, pos, sizeof pos), ecu_h2d(dblocks, blocks, sizeof blocks);
+        ecu_h2d(dseq, seq, sizeof seq), ecu_h2d(doff, off, sizeof off);
+        const ecu_attn_shape as = {H, K, D, NB, SNAP_ROPE_NORM, 1.0f};
+        const ecu_kv_batch kb = {dpos, dseq, doff, dblocks};
+        eng_err err = {{0}};
+        CHECK_RUN(ecu_attention(&as, &kb, T, dq, dkc, dvc, dout, NULL, &err));
+        CHECK_INT(ecu_sync(), 0);
+        ecu_d2h(got, dout, T * H * D * 4);
+        double e = nerr(got, ref, (uint64_t)T * H * D);
+        if (!(e <= 1e-5))
+            fprintf(stderr, "  attention head_dim %u: normalised error %.3g\n", D, e);
+        CHECK(e <= 1e-5);
+        ecu_free(dkc), ecu_free(dvc), ecu_free(dq), ecu_free(dout);
+        ecu_free(dpos), ecu_free(dblocks), ecu_free(dseq), ecu_free(doff);
+        free(kc), free(vc), free(q), free(ref), free(got), free(p);
+    }
 }
 
 static void test_kernels_norm_swiglu(void)
@@ -420,6 +552,11 @@ static void compare_forward(const char *path, int check_greedy, double decode_bo
     be cpu = {0}, gpu = {0};
     REQUIRE(be_open(&cpu, &eng_cpu_backend, f, 64) == 0);
     REQUIRE(be_open(&gpu, &eng_cuda_backend, f, 64) == 0);
+    /* decode steps replay the graphs captured after create: wait for them, so the GEMV path is
+     * checked as serving runs it, not whichever way the capture race went */
+    for (int i = 0; i < 30000 && ecu_graphs_pending() > 0; i++)
+        usleep(1000);
+    CHECK_INT(ecu_graphs_pending(), 0);
     int32_t blocks[16];
     for (int i = 0; i < 16; i++)
         blocks[i] = i;
@@ -530,6 +667,8 @@ int main(void)
         return 1;
     TEST_RUN(test_kernels_matmul);
     TEST_RUN(test_kernels_gemv_fused);
+    TEST_RUN(test_kernels_gemv_large);
+    TEST_RUN(test_kernels_attention);
     TEST_RUN(test_kernels_norm_swiglu);
     TEST_RUN(test_forward_smollm2);
     TEST_RUN(test_forward_synthetic);

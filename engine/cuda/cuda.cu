@@ -261,7 +261,6 @@ static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const f
     return 0;
 }
 
-/* RoPE inverse frequencies, exactly cpu.c's rope_freqs(). */
 /* ---- forward --------------------------------------------------------------------------------- */
 
 /* y [T][rows] = W x [T][cols] (+ bias), on stream s (the GEMM path runs on cx->stream, cuBLAS's). */
@@ -450,7 +449,7 @@ static int forward_body(ecu_ctx *cx, cudaStream_t stream, uint32_t T, uint32_t n
 
 /* ---- decode graphs --------------------------------------------------------------------------------
  * Batches of T <= ECU_GEMV_MAX_TOKENS tokens replay a CUDA graph of forward_body per (T, n_out)
- * instead of ~8 launches per layer. A thread started once the backend is ready captures them
+ * instead of 6 launches per layer. A thread started once the backend is ready captures them
  * (capture enqueues nothing, so it runs beside live forwards); until a graph is published,
  * forwards launch kernels one by one. Nothing is captured on the path to ready. */
 static int graphs_off(void)
@@ -546,7 +545,7 @@ static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *e
         if (ge)
             CU_TRY(cudaGraphLaunch(ge, cx->stream), "launch the decode graph");
         else if ((rc = forward_body(cx, cx->stream, T, b->n_out, 1, err)))
-            return rc;
+            goto fail;
         if (b->n_out) {
             prof_begin(cx, cx->stream, 1);
             CU_TRY(cudaMemcpyAsync(logits, cx->logits, (uint64_t)b->n_out * c->n_vocab * sizeof(float),
@@ -560,6 +559,7 @@ static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *e
     }
     return 0;
 fail:
+    cudaStreamSynchronize(cx->stream); /* what was enqueued reads h_meta, which the next call rewrites */
     return rc;
 }
 
@@ -576,6 +576,8 @@ static void cuda_destroy(void *ctx)
         __atomic_store_n(&cx->graphs_stop, 1, __ATOMIC_RELEASE);
         pthread_join(cx->capture_thread, NULL);
     }
+    if (cx->stream) /* a graph may still run */
+        cudaStreamSynchronize(cx->stream);
     for (int t = 0; t <= ECU_GEMV_MAX_TOKENS; t++)
         for (int n = 0; n <= ECU_GEMV_MAX_TOKENS; n++)
             if (cx->graphs[t][n])

@@ -3,7 +3,8 @@
  *
  * All pointers named d_* are device memory. `stream` is a cudaStream_t passed as void *
  * so that this header needs no CUDA include. Launchers enqueue and return at once; they
- * return 0 or ENG_EBACKEND (launch failure) with the message in err.
+ * return 0, or an ENG_E* code with the message in err (ENG_EBACKEND: a launch failed;
+ * ENG_EINVAL / ENG_EUNSUPPORTED: arguments or matrices the launcher does not take).
  *
  * Matrix layouts are the snapshot's (FORMAT.md): [rows][cols], y = W x; q4/q8 in BLOCKS or
  * SPLIT layout (SPLIT: quant plane, f16 scale plane, q4 f16 minimum plane).
