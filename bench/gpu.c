@@ -10,6 +10,7 @@
  *   gpu_batch    output tok/s at concurrency c = 1, 2, 4 .. max for 128-token prompts and
  *                128 output tokens per request (all requests prefilled, then decoded together)
  * "exec" is this process's start (its first instruction in main, after the dynamic loader).
+ * THAW_LOAD_IO=pread|mmap picks how the snapshot is read (default: the loader's measured one).
  */
 #include "internal.h"
 #include "cuda/kernels.h"
@@ -53,6 +54,9 @@ int main(int argc, char **argv)
     const uint32_t P = 128, G = 128, ctx = P + G;
     uint32_t max_tokens = max_c > 512 ? max_c : 512;
     eng_model_opts o = {.device = "cuda", .n_ctx = ctx, .max_batch_tokens = max_tokens};
+    const char *io = getenv("THAW_LOAD_IO"); /* "pread" or "mmap": the load's reads, for A/B */
+    if (io)
+        o.load_io = !strcmp(io, "pread") ? SNAP_IO_PREAD : !strcmp(io, "mmap") ? SNAP_IO_MMAP : SNAP_IO_AUTO;
     eng_model *m = NULL;
     eng_load_report rep;
     eng_err err = {{0}};

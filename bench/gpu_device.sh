@@ -8,7 +8,8 @@
 #   1. test_gpu (what `make test-gpu` runs)
 #   2. bench/gpu on synthetic Llama-3-8B (the issue's target shape) and Qwen2.5-0.5B, int4
 #   3. the 8B bench at concurrency 1 again with THAW_GPU_AB set in its environment (default
-#      THAW_CUDA_GRAPHS=0: decode without graphs), for comparison
+#      THAW_CUDA_GRAPHS=0: decode without graphs; THAW_LOAD_IO=pread: the load read with
+#      pread instead of through a mapping), for comparison
 #   4. ncu: per-kernel durations of a few decode layers (when ncu is installed)
 #   5. test_gpu under compute-sanitizer memcheck with THAW_GPU_QUICK=1 (as `make test-gpu`)
 # THAW_GPU_STEPS picks steps (default "test bench ab ncu memcheck"). SmolLM2's GGUF, when at

@@ -216,6 +216,7 @@ typedef struct eng_model_opts {
     uint32_t max_batch_tokens; /* most tokens per forward pass, 0 = 512 */
     uint64_t kv_mem_bytes;     /* KV pool budget, 0 = backend default */
     double gpu_mem_fraction;   /* CUDA: share of GPU memory weights, scratch and KV may fill, 0 = 0.9 */
+    uint32_t load_io;          /* enum snap_io: how the weights are read, 0 = the measured default */
 } eng_model_opts;
 
 /* Phase timings of a model load, seconds. */

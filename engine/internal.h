@@ -59,6 +59,7 @@ typedef struct eng_backend_params {
     uint32_t max_ctx;          /* longest sequence (0 = the model's trained context) */
     uint64_t kv_mem_bytes;     /* KV pool budget (0 = backend's default) */
     double gpu_mem_fraction;   /* CUDA: share of GPU memory to fill (0 = 0.9) */
+    uint32_t load_io;          /* enum snap_io for the weight load (0 = SNAP_IO_AUTO) */
 } eng_backend_params;
 
 typedef void (*eng_task_fn)(void *arg, uint32_t ith, uint32_t nth);

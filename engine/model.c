@@ -136,7 +136,8 @@ int eng_model_open(const char *path, const eng_model_opts *opts, eng_model **out
 
     t = now_s();
     eng_backend_params bp = {.n_threads = o.n_threads, .max_batch_tokens = m->max_batch, .max_ctx = m->n_ctx,
-                             .kv_mem_bytes = o.kv_mem_bytes, .gpu_mem_fraction = o.gpu_mem_fraction};
+                             .kv_mem_bytes = o.kv_mem_bytes, .gpu_mem_fraction = o.gpu_mem_fraction,
+                             .load_io = o.load_io};
     if ((rc = m->ops->create(m->f, &bp, &m->be, &m->n_kv_blocks, &rep.load, err)))
         goto fail;
     rep.backend_s = now_s() - t;

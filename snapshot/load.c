@@ -344,6 +344,7 @@ static int run_job(load_job *job, const snap_load_opts *opts, snap_load_stats *s
         }
         stats->bytes_raw = snap_image_size(job->f);
         stats->n_threads = started;
+        stats->io = (uint32_t)job->io;
         stats->total_s = now_s() - t0;
     }
     free(job->stats);

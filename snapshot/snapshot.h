@@ -249,6 +249,7 @@ typedef struct snap_load_stats {
     uint64_t bytes_raw;     /* image bytes produced */
     uint32_t n_chunks_raw, n_chunks_lz4;
     uint32_t n_threads;
+    uint32_t io;            /* the read mode used (enum snap_io, AUTO resolved) */
 } snap_load_stats;
 
 enum snap_io { SNAP_IO_AUTO = 0, SNAP_IO_MMAP = 1, SNAP_IO_PREAD = 2 };

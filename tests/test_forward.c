@@ -130,6 +130,37 @@ static void test_qwen2_bias_tied(void) { check_fixture("qwen2-tiny"); }
 /* The same arithmetic per token whichever way the tokens arrive, to the bit: the 40 tokens in
  * one batch take the AMX path where the CPU has it (the norms and SwiGLU quantizing ahead for
  * the matmuls: cpu.c's quant_ahead), one at a time the vector kernels. */
+/* The weight load's read mode (eng_model_opts.load_io): a mapping of the page cache or pread
+ * into the image give the same model, logit for logit. */
+static void test_load_io_modes_agree(void)
+{
+    snap_pack_opts po = {.quant = SNAP_QUANT_Q4, .target = SNAP_TARGET_CPU};
+    snap_err serr;
+    REQUIRE(snap_pack("tests/data/hf/llama-tiny", tmp_snapshot(), &po, &serr) == 0);
+    const int32_t ids[5] = {1, 17, 42, 99, 7};
+    const uint32_t modes[2] = {SNAP_IO_MMAP, SNAP_IO_PREAD};
+    float *out[2] = {NULL, NULL};
+    uint32_t V = 0;
+    for (int k = 0; k < 2; k++) {
+        eng_model *m = NULL;
+        eng_seq *sq = NULL;
+        eng_err err = {{0}};
+        eng_model_opts mo = {.n_threads = 2, .n_ctx = 64, .load_io = modes[k]};
+        eng_load_report rep;
+        REQUIRE(eng_model_open(tmp_snapshot(), &mo, &m, &rep, &err) == 0);
+        CHECK_INT(rep.load.io, modes[k]); /* the mode asked for is the one used */
+        V = eng_model_config(m)->n_vocab;
+        out[k] = malloc(5 * V * sizeof(float));
+        REQUIRE(out[k] && eng_seq_create(m, &sq, &err) == 0);
+        CHECK_INT(eng_seq_eval(sq, ids, 5, 1, out[k], &err), 0);
+        eng_seq_destroy(sq);
+        eng_model_close(m);
+    }
+    CHECK(memcmp(out[0], out[1], 5 * V * sizeof(float)) == 0);
+    free(out[0]);
+    free(out[1]);
+}
+
 static void test_batch_equals_one_at_a_time(void)
 {
     for (uint32_t quant = SNAP_QUANT_Q4; quant <= SNAP_QUANT_Q8; quant++) {
@@ -411,6 +442,7 @@ int main(void)
 {
     TEST_RUN(test_llama_hf_layout);
     TEST_RUN(test_qwen2_bias_tied);
+    TEST_RUN(test_load_io_modes_agree);
     TEST_RUN(test_batch_equals_one_at_a_time);
     TEST_RUN(test_r16_q4);
     TEST_RUN(test_r16_q8);

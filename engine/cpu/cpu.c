@@ -599,7 +599,7 @@ static int cpu_create(snap_file *f, const eng_backend_params *p, void **out, uin
     uint32_t nt = p->n_threads ? p->n_threads : (uint32_t)(ncpu > 0 ? ncpu : 1);
     int rc = 0;
     snap_err serr = {{0}};
-    snap_load_opts lo = {.n_threads = nt, .io = SNAP_IO_AUTO, .verify = 1};
+    snap_load_opts lo = {.n_threads = nt, .io = p->load_io, .verify = 1};
     if (snap_load_host(f, &lo, &cx->img, stats, &serr) != 0) {
         rc = eng_fail(err, ENG_ESNAPSHOT, "%s", serr.msg);
         goto fail;

@@ -662,7 +662,7 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
     /* 2. stream the image */
     {
         snap_sink sink = {cx, sink_acquire, sink_commit, sink_finish};
-        snap_load_opts lo = {p->n_threads, SNAP_IO_AUTO, 1};
+        snap_load_opts lo = {p->n_threads, p->load_io, 1};
         snap_err serr = {{0}};
         if (snap_load_stream(f, &sink, &lo, stats, &serr) != 0) {
             rc = eng_fail(err, ENG_ESNAPSHOT, "%s%s%s", serr.msg, cx->sink_error ? ": " : "", cx->sink_msg);
