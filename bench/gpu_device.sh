@@ -10,9 +10,10 @@
 #   3. the 8B bench at concurrency 1 again with THAW_GPU_AB set in its environment (default
 #      THAW_CUDA_GRAPHS=0: decode without graphs; THAW_LOAD_IO=pread: the load read with
 #      pread instead of through a mapping), for comparison
-#   4. ncu: per-kernel durations of a few decode layers (when ncu is installed)
+#   4. ncu (opt-in): per-kernel durations of a few decode layers
 #   5. test_gpu under compute-sanitizer memcheck with THAW_GPU_QUICK=1 (as `make test-gpu`)
-# THAW_GPU_STEPS picks steps (default "test bench ab ncu memcheck"). SmolLM2's GGUF, when at
+# THAW_GPU_STEPS picks steps (default "test bench ab memcheck"; "ncu" is opt-in: its one run here,
+# 2026-11-22, profiled nothing in 300 s). SmolLM2's GGUF, when at
 # models/, is used by steps 1 and 4 as on any machine.
 set -u
 B=${1:?usage: gpu_device.sh BUILD_DIR [LIB_DIR] [WORK_DIR]}
@@ -37,7 +38,7 @@ echo "cpus $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 ldd "$B/tests/test_gpu" | grep "not found" && { echo "missing libraries"; exit 1; }
 
 rc=0
-steps=" ${THAW_GPU_STEPS:-test bench ab ncu memcheck} "
+steps=" ${THAW_GPU_STEPS:-test bench ab memcheck} "
 has() { case $steps in *" $1 "*) return 0 ;; esac; return 1; }
 if has test; then
     step test_gpu
@@ -60,7 +61,7 @@ if has ncu && [ -f "$W/llama-3-8b.thaw" ] && command -v ncu >/dev/null 2>&1; the
     # real per-kernel durations of decode kernels (no graphs, so kernels are launched one by
     # one; caches flushed before each replay, clocks as found): a few layers of a decode step
     step "ncu: decode kernels of llama-3-8b"
-    THAW_CUDA_GRAPHS=0 timeout 300 ncu --clock-control none --launch-skip 300 --launch-count 24 \
+    THAW_CUDA_GRAPHS=0 timeout 120 ncu --clock-control none --launch-skip 300 --launch-count 24 \
         -k 'regex:gemv2|attention_kernel|rope_store|rmsnorm|embed' --csv \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed \
         "$B/bench/gpu" "$W/llama-3-8b.thaw" 1 > "$W/ncu.csv" 2>&1 || rc=1
