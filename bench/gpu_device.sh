@@ -12,9 +12,9 @@
 #      pread instead of through a mapping), for comparison
 #   4. ncu (opt-in): per-kernel durations of a few decode layers
 #   5. test_gpu under compute-sanitizer memcheck with THAW_GPU_QUICK=1 (as `make test-gpu`)
-# THAW_GPU_STEPS picks steps (default "test bench ab memcheck"; "ncu" is opt-in: its one run here,
-# 2026-11-22, profiled nothing in 300 s). SmolLM2's GGUF, when at
-# models/, is used by steps 1 and 4 as on any machine.
+# THAW_GPU_STEPS picks steps (default "test bench ab memcheck"; "ncu" is opt-in: its one run,
+# 2026-11-22, profiled nothing in 300 s). SmolLM2's GGUF, when at models/, is used by steps 1
+# and 5 as on any machine.
 set -u
 B=${1:?usage: gpu_device.sh BUILD_DIR [LIB_DIR] [WORK_DIR]}
 L=${2:-}
