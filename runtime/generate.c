@@ -22,9 +22,10 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int usage(void)
+/* to stdout with exit 0 for --help, to stderr with exit 2 for a usage error */
+static int usage(FILE *to, int rc)
 {
-    fprintf(stderr,
+    fprintf(to,
             "usage: thaw generate -m FILE -p PROMPT [options]\n"
             "  -m, --model FILE        snapshot (default: $THAW_MODEL or models/smollm2-135m-instruct.thaw)\n"
             "  -p, --prompt TEXT       the prompt (with --chat: the user's message)\n"
@@ -36,7 +37,7 @@ static int usage(void)
             "  --top-p P, --top-k K, --min-p P, --repeat-penalty R, --seed S\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "  --ctx N                 context length (default: the model's)\n");
-    return 2;
+    return rc;
 }
 
 /* Parses a number argument; on error prints which flag was wrong. */
@@ -102,14 +103,16 @@ int rt_cmd_generate(int argc, char **argv)
             NUM(a, 1, 1024, threads)
         } else if (!strcmp(a, "--ctx")) {
             NUM(a, 16, 1 << 24, ctx)
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            return usage(stdout, 0);
         } else {
             fprintf(stderr, "thaw generate: unexpected argument '%s'\n", a);
-            return usage();
+            return usage(stderr, 2);
         }
 #undef NUM
     }
     if (!prompt)
-        return usage();
+        return usage(stderr, 2);
     sp.seed = (uint64_t)seed;
 
     double t0 = now_s();

@@ -125,6 +125,13 @@ static void print_chunks(const snap_file *f)
                    cls_stored[c] / cls_raw[c]);
 }
 
+/* to stdout with exit 0 for --help, to stderr with exit 2 for a usage error */
+static int inspect_usage(FILE *to, int rc)
+{
+    fprintf(to, "usage: thaw inspect FILE|URL [--verify] [--no-tensors] [--oss-endpoint HOST] [--cache-dir DIR]\n");
+    return rc;
+}
+
 int rt_cmd_inspect(int argc, char **argv)
 {
     const char *path = NULL;
@@ -139,17 +146,15 @@ int rt_cmd_inspect(int argc, char **argv)
             verify = 1;
         else if (!strcmp(argv[i], "--no-tensors"))
             tensors = 0;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            return inspect_usage(stdout, 0);
         else if (argv[i][0] != '-' && !path)
             path = argv[i];
-        else {
-            fprintf(stderr, "usage: thaw inspect FILE|URL [--verify] [--no-tensors] [--oss-endpoint HOST] [--cache-dir DIR]\n");
-            return 2;
-        }
+        else
+            return inspect_usage(stderr, 2);
     }
-    if (!path) {
-        fprintf(stderr, "usage: thaw inspect FILE|URL [--verify] [--no-tensors] [--oss-endpoint HOST] [--cache-dir DIR]\n");
-        return 2;
-    }
+    if (!path)
+        return inspect_usage(stderr, 2);
     snap_err err = {{0}};
     snap_file *f = NULL;
     int rc = snap_open_source(path, &fo, &f, NULL, &err);

@@ -7,15 +7,16 @@
 #include <string.h>
 #include <unistd.h>
 
-static int pack_usage(void)
+/* to stdout with exit 0 for --help, to stderr with exit 2 for a usage error */
+static int pack_usage(FILE *to, int rc)
 {
-    fprintf(stderr, "usage: thaw pack SRC|--synthetic NAME -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
+    fprintf(to, "usage: thaw pack SRC|--synthetic NAME -o OUT.thaw [--quant q4|q8|f16] [--target cpu|cuda] [--name NAME]\n"
                     "                 [--temperature T] [--top-p P] [--top-k K] [--repeat-penalty R]\n"
                     "  SRC: a GGUF file or a Hugging Face model folder (config.json, tokenizer.json, *.safetensors)\n"
                     "  --synthetic NAME: random weights with a real model's shapes (smollm2-135m, qwen2.5-0.5b,\n"
                     "                    qwen2.5-7b, llama-3-8b), for measuring real sizes offline\n"
                     "  sampling flags record the model's recommended generation defaults in the snapshot\n");
-    return 2;
+    return rc;
 }
 
 int rt_cmd_pack(int argc, char **argv)
@@ -77,15 +78,17 @@ int rt_cmd_pack(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "--quiet")) {
             o.progress = 0;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            return pack_usage(stdout, 0);
         } else if (a[0] == '-' || src) {
             fprintf(stderr, "thaw pack: unexpected argument '%s'\n", a);
-            return pack_usage();
+            return pack_usage(stderr, 2);
         } else {
             src = a;
         }
     }
     if (!!src == !!synth || !out)
-        return pack_usage();
+        return pack_usage(stderr, 2);
     snap_err err = {{0}};
     int rc = synth ? snap_pack_synthetic(synth, out, &o, &err) : snap_pack(src, out, &o, &err);
     if (rc) {

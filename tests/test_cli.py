@@ -53,6 +53,9 @@ def test_usage(tmp):
     check(r.returncode == 2, "pack without -o is a usage error", r.stderr)
     r = thaw("pack", "x.gguf", "-o", "y", "--quant", "q3")
     check(r.returncode == 2 and "--quant" in r.stderr, "bad --quant", r.stderr)
+    for cmd in ("pack", "inspect", "generate", "serve"):  # --help: usage on stdout, success
+        r = thaw(cmd, "--help")
+        check(r.returncode == 0 and "usage" in r.stdout.lower(), f"{cmd} --help", r.stdout + r.stderr)
 
 
 def verify_corruptions(path, tmp, label, n_flips):
