@@ -139,21 +139,6 @@ static double read_gbps(const uint8_t *buf, size_t n, uint32_t threads, int reps
 
 /* ---- the model ------------------------------------------------------------------------- */
 
-/* Bytes of weights one decoded token reads, from the tensor table. */
-static uint64_t weight_bytes_per_token(const snap_file *f)
-{
-    int tied = (snap_get_config(f)->flags & SNAP_FLAG_TIED_EMBED) && !snap_tensor_find(f, "output.weight");
-    uint64_t total = 0;
-    for (size_t i = 0; i < snap_n_tensors(f); i++) {
-        const snap_tensor *t = snap_tensor_at(f, i);
-        if (!strcmp(t->name, "token_embd.weight") && !tied)
-            total += t->size / t->shape[0]; /* the lookup reads one row */
-        else
-            total += t->size;
-    }
-    return total;
-}
-
 static int32_t argmax(const float *x, uint32_t n)
 {
     uint32_t best = 0;
@@ -234,7 +219,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "decode: %s\n", serr.msg);
         return 1;
     }
-    uint64_t bytes_per_token = weight_bytes_per_token(f);
+    uint64_t bytes_per_token = snap_decode_bytes(f);
     snap_close(f);
 
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);

@@ -124,20 +124,15 @@ int main(int argc, char **argv)
         }
     }
     double tps = n_dec / (now_s() - t);
-    /* The roofline: a decode token reads every weight once (the embedding table only through
-     * its one row, unless it is also the output head), at the HBM bandwidth the D2D copy
-     * measured (bytes read + written per second). KV reads are left out: a stricter limit. */
+    /* The roofline: a decode token reads its weights once (snap_decode_bytes) at the HBM
+     * bandwidth the D2D copy measured (bytes read + written per second). KV reads are left
+     * out: a stricter limit. */
     uint64_t wbytes = 0;
     {
         snap_file *f = NULL;
         snap_err se = {{0}};
         if (snap_open(argv[1], &f, &se) == 0) {
-            int tied = (snap_get_config(f)->flags & SNAP_FLAG_TIED_EMBED) != 0;
-            for (size_t i = 0; i < snap_n_tensors(f); i++) {
-                const snap_tensor *tt = snap_tensor_at(f, i);
-                if (tied || strcmp(tt->name, "token_embd.weight") != 0)
-                    wbytes += tt->size;
-            }
+            wbytes = snap_decode_bytes(f);
             snap_close(f);
         }
     }

@@ -94,6 +94,20 @@ const snap_tensor *snap_tensor_find(const snap_file *f, const char *name)
     return NULL;
 }
 
+uint64_t snap_decode_bytes(const snap_file *f)
+{
+    int tied = (snap_get_config(f)->flags & SNAP_FLAG_TIED_EMBED) && !snap_tensor_find(f, "output.weight");
+    uint64_t total = 0;
+    for (size_t i = 0; i < snap_n_tensors(f); i++) {
+        const snap_tensor *t = snap_tensor_at(f, i);
+        if (!strcmp(t->name, "token_embd.weight") && !tied)
+            total += t->size / t->shape[0]; /* the lookup reads one row */
+        else
+            total += t->size;
+    }
+    return total;
+}
+
 const char *snap_dtype_name(uint32_t dtype)
 {
     static const char *const names[] = {"f32", "f16", "bf16", "q8", "q4"};

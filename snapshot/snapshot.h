@@ -206,6 +206,9 @@ const char *snap_chat_template(const snap_file *f); /* "" when the model has non
 size_t snap_n_tensors(const snap_file *f);
 const snap_tensor *snap_tensor_at(const snap_file *f, size_t i);
 const snap_tensor *snap_tensor_find(const snap_file *f, const char *name); /* NULL if absent */
+/* Weight bytes one decoded token reads: every tensor, but of the embedding table only the row
+ * it looks up, unless the table is also the output head (the benches' memory roofline). */
+uint64_t snap_decode_bytes(const snap_file *f);
 size_t snap_n_chunks(const snap_file *f);
 const snap_chunk *snap_chunk_at(const snap_file *f, size_t i);
 

@@ -305,14 +305,14 @@ static struct {
     uint64_t calls[OP_N];
 } prof;
 
-static int prof_begin(ecu_ctx *cx, cudaStream_t s, int pf)
+static int prof_begin(cudaStream_t s, int pf)
 {
     if (pf && prof.on && prof.n < PROF_MAX)
         cudaEventRecord(prof.ev[2 * prof.n], s);
     return 0;
 }
 
-static int prof_end(ecu_ctx *cx, cudaStream_t s, int pf, int op, int rc)
+static int prof_end(cudaStream_t s, int pf, int op, int rc)
 {
     if (pf && prof.on && prof.n < PROF_MAX) {
         cudaEventRecord(prof.ev[2 * prof.n + 1], s);
@@ -320,7 +320,7 @@ static int prof_end(ecu_ctx *cx, cudaStream_t s, int pf, int op, int rc)
     }
     return rc;
 }
-#define PROF(op, call) (prof_begin(cx, stream, pf) || prof_end(cx, stream, pf, op, (call)))
+#define PROF(op, call) (prof_begin(stream, pf) || prof_end(stream, pf, op, (call)))
 
 static void prof_collect(void)
 {
@@ -547,10 +547,10 @@ static int cuda_forward(void *ctx, const eng_batch *b, float *logits, eng_err *e
         else if ((rc = forward_body(cx, cx->stream, T, b->n_out, 1, err)))
             goto fail;
         if (b->n_out) {
-            prof_begin(cx, cx->stream, 1);
+            prof_begin(cx->stream, 1);
             CU_TRY(cudaMemcpyAsync(logits, cx->logits, (uint64_t)b->n_out * c->n_vocab * sizeof(float),
                                    cudaMemcpyDeviceToHost, cx->stream), "copy logits");
-            prof_end(cx, cx->stream, 1, OP_COPY, 0);
+            prof_end(cx->stream, 1, OP_COPY, 0);
         }
         /* also with no outputs: the next call rewrites the pinned metadata this one uploads */
         CU_TRY(cudaStreamSynchronize(cx->stream), "forward");
@@ -582,8 +582,6 @@ static void cuda_destroy(void *ctx)
         for (int n = 0; n <= ECU_GEMV_MAX_TOKENS; n++)
             if (cx->graphs[t][n])
                 cudaGraphExecDestroy(cx->graphs[t][n]);
-    if (cx->stream)
-        cudaStreamSynchronize(cx->stream);
     for (int i = 0; i < ECU_COPY_STREAMS; i++)
         if (cx->copy[i]) {
             cudaStreamSynchronize(cx->copy[i]);

@@ -135,15 +135,15 @@ gemv_kernel(ecu_mat m, const float *__restrict__ x, uint64_t ldx, float *__restr
     }
 }
 
+static bool g2_fits(const ecu_mat *m);
 static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                      const float *d_bias, void *stream, eng_err *err);
 
 extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                         const float *d_bias, void *stream, eng_err *err)
 {
-    int rc = g2_single(m, d_x, ldx, n_tokens, d_y, ldy, d_bias, stream, err);
-    if (rc <= 0)
-        return rc;
+    if (n_tokens >= 1 && n_tokens <= ECU_GEMV_MAX_TOKENS && g2_fits(m))
+        return g2_single(m, d_x, ldx, n_tokens, d_y, ldy, d_bias, stream, err);
     unsigned grid = (unsigned)((m->rows + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 blk(GEMV_WARPS * 32);
     switch (n_tokens) {
@@ -554,14 +554,17 @@ extern "C" int ecu_prepare(void)
     return e == cudaSuccess ? 0 : -1;
 }
 
+/* SPLIT q4/q8, and x of ECU_GEMV_MAX_TOKENS tokens quantized fits in shared memory */
 static bool g2_fits(const ecu_mat *m)
 {
     return m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8) &&
            g2_smem_bytes(ECU_GEMV_MAX_TOKENS, m->cols / 32) <= g2_smem_max();
 }
 
-static int g2_run(g2_args &a, bool pair, uint32_t T, uint64_t groups, void *stream, eng_err *err)
+/* Row groups from the stacked rows (PAIR: the gate's rows, R / 2 of them per group). */
+static int g2_run(g2_args &a, bool pair, uint32_t T, void *stream, eng_err *err)
 {
+    uint64_t groups = pair ? (a.m[0].rows + G2_R / 2 - 1) / (G2_R / 2) : (a.row0[a.n] + G2_R - 1) / G2_R;
     bool q4 = a.m[0].dtype == SNAP_Q4;
     cudaStream_t s = st(stream);
     if (pair)
@@ -569,24 +572,36 @@ static int g2_run(g2_args &a, bool pair, uint32_t T, uint64_t groups, void *stre
     return q4 ? g2_launch<false, 16>(a, T, groups, s, err) : g2_launch<false, 32>(a, T, groups, s, err);
 }
 
+/* The arguments every launch shares: n matrices stacked by rows on x (row stride ldx), the
+ * norm folded in or not. Outputs, biases and their strides are the caller's to set. */
+static g2_args g2_setup(uint32_t n, const ecu_mat *m, const float *d_x, uint64_t ldx, const ecu_norm *norm)
+{
+    g2_args a = {};
+    a.n = n;
+    for (uint32_t i = 0; i < n; i++) {
+        a.m[i] = m[i];
+        a.ldy[i] = m[i].rows;
+        a.row0[i + 1] = a.row0[i] + m[i].rows;
+    }
+    for (uint32_t i = n + 1; i < 4; i++)
+        a.row0[i] = a.row0[n];
+    a.x = d_x;
+    a.ldx = ldx;
+    a.cols = m[0].cols;
+    a.norm_w = norm ? norm->d_w : NULL;
+    a.eps = norm ? norm->eps : 0.0f;
+    return a;
+}
 
-/* 1 when the matrix is not for v2, else v2's result (0 or an ENG_E* code, negative) */
+/* ecu_gemv on a matrix g2_fits takes, with T <= ECU_GEMV_MAX_TOKENS */
 static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                      const float *d_bias, void *stream, eng_err *err)
 {
-    if (!g2_fits(m) || n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS)
-        return 1;
-    g2_args a = {};
-    a.n = 1;
-    a.m[0] = *m;
+    g2_args a = g2_setup(1, m, d_x, ldx, NULL);
     a.y[0] = d_y;
     a.bias[0] = d_bias;
     a.ldy[0] = ldy;
-    a.row0[1] = a.row0[2] = a.row0[3] = m->rows;
-    a.x = d_x;
-    a.ldx = ldx;
-    a.cols = m->cols;
-    return g2_run(a, false, n_tokens, (m->rows + G2_R - 1) / G2_R, stream, err);
+    return g2_run(a, false, n_tokens, stream, err);
 }
 
 extern "C" int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, uint32_t n_tokens, float *const *d_y,
@@ -607,23 +622,13 @@ extern "C" int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, ui
         }
         return 0;
     }
-    g2_args a = {};
-    a.n = n;
+    g2_args a = g2_setup(n, m, d_x, m[0].cols, norm);
     for (uint32_t i = 0; i < n; i++) {
-        a.m[i] = m[i];
         a.y[i] = d_y[i];
         a.bias[i] = d_bias ? d_bias[i] : NULL;
-        a.ldy[i] = m[i].rows;
-        a.row0[i + 1] = a.row0[i] + m[i].rows;
     }
-    for (uint32_t i = n + 1; i < 4; i++)
-        a.row0[i] = a.row0[n];
-    a.x = d_x;
-    a.ldx = a.cols = m[0].cols;
-    a.norm_w = norm ? norm->d_w : NULL;
-    a.eps = norm ? norm->eps : 0.0f;
     a.accum = accum;
-    return g2_run(a, false, n_tokens, (a.row0[n] + G2_R - 1) / G2_R, stream, err);
+    return g2_run(a, false, n_tokens, stream, err);
 }
 
 extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const float *d_x, uint32_t n_tokens, float *d_y,
@@ -633,18 +638,10 @@ extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const flo
         return eng_fail(err, ENG_EINVAL, "gemv_swiglu: shapes or %u tokens", n_tokens);
     if (!g2_fits(gate) || !g2_fits(up) || gate->dtype != up->dtype)
         return eng_fail(err, ENG_EUNSUPPORTED, "gemv_swiglu: needs SPLIT q4/q8 matrices of one dtype");
-    g2_args a = {};
-    a.n = 2;
-    a.m[0] = *gate;
-    a.m[1] = *up;
+    const ecu_mat m[2] = {*gate, *up};
+    g2_args a = g2_setup(2, m, d_x, gate->cols, norm);
     a.y[0] = d_y;
-    a.ldy[0] = gate->rows;
-    a.row0[1] = a.row0[2] = a.row0[3] = gate->rows;
-    a.x = d_x;
-    a.ldx = a.cols = gate->cols;
-    a.norm_w = norm ? norm->d_w : NULL;
-    a.eps = norm ? norm->eps : 0.0f;
-    return g2_run(a, true, n_tokens, (gate->rows + G2_R / 2 - 1) / (G2_R / 2), stream, err);
+    return g2_run(a, true, n_tokens, stream, err);
 }
 
 extern "C" int ecu_gemv_fusable(const ecu_mat *m) { return g2_fits(m); }
