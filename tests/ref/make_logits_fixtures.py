@@ -33,7 +33,6 @@ import gguf
 import numpy as np
 from logits_io import perplexity, write_top
 from gguf.quants import dequantize
-from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GGUF = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -69,7 +68,8 @@ PROMPTS = [
 ]
 
 
-def exact_forward_factory():
+def load_model():
+    """The GGUF's weights dequantized to float64, and the shapes the forward needs."""
     r = gguf.GGUFReader(GGUF)
     W = {}
     for t in r.tensors:
@@ -78,6 +78,36 @@ def exact_forward_factory():
     f = {k: r.fields[k].contents() for k in ("llama.embedding_length", "llama.attention.head_count",
                                                "llama.attention.head_count_kv", "llama.block_count",
                                                "llama.attention.layer_norm_rms_epsilon", "llama.rope.freq_base")}
+    return W, f
+
+
+def round_blocks(x, qmax):
+    """x rounded as a per-32 quantization to integers in [-qmax, qmax] rounds it (the CPU
+    engine's matmul inputs: qmax 32767); unchanged when qmax is None."""
+    if qmax is None:
+        return x
+    b = x.reshape(x.shape[0], -1, 32)
+    s = np.abs(b).max(-1, keepdims=True) / qmax
+    s[s == 0] = 1
+    return (np.clip(np.round(b / s), -qmax, qmax) * s).reshape(x.shape)
+
+
+def round_kv(x, kv):
+    """K or V [T, K, D] as a cache keeps them: exact (None), f16, or int8 with a scale per
+    position and head."""
+    if kv == "f16":
+        return x.astype(np.float16).astype(np.float64)
+    if kv == "i8":
+        s = np.abs(x).max(-1, keepdims=True) / 127
+        s[s == 0] = 1
+        return np.round(x / s) * s
+    return x
+
+
+def forward_factory(model=None, act_qmax=None, kv=None):
+    """The Llama forward in float64; with act_qmax / kv set, matmul inputs / K and V are
+    rounded as round_blocks / round_kv say (bench/numerics.py studies what each costs)."""
+    W, f = model or load_model()
     E, H, K, L = (f["llama.embedding_length"], f["llama.attention.head_count"],
                   f["llama.attention.head_count_kv"], f["llama.block_count"])
     eps, theta, D = f["llama.attention.layer_norm_rms_epsilon"], f["llama.rope.freq_base"], E // H
@@ -95,6 +125,9 @@ def exact_forward_factory():
         out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
         return out
 
+    def mm(x, w):
+        return round_blocks(x, act_qmax) @ w.T
+
     def forward(ids):
         T = len(ids)
         pos = np.arange(T, dtype=np.float64)
@@ -103,28 +136,30 @@ def exact_forward_factory():
         for l in range(L):
             p = f"blk.{l}."
             h = rms(x, W[p + "attn_norm.weight"])
-            q = rope((h @ W[p + "attn_q.weight"].T).reshape(T, H, D), pos)
-            k = rope((h @ W[p + "attn_k.weight"].T).reshape(T, K, D), pos)
-            v = (h @ W[p + "attn_v.weight"].T).reshape(T, K, D)
+            q = rope(mm(h, W[p + "attn_q.weight"]).reshape(T, H, D), pos)
+            k = round_kv(rope(mm(h, W[p + "attn_k.weight"]).reshape(T, K, D), pos), kv)
+            v = round_kv(mm(h, W[p + "attn_v.weight"]).reshape(T, K, D), kv)
             out = np.zeros((T, H, D))
             for hh in range(H):
                 sc = q[:, hh, :] @ k[:, hh // (H // K), :].T / np.sqrt(D) + mask
                 sc = np.exp(sc - sc.max(-1, keepdims=True))
                 sc /= sc.sum(-1, keepdims=True)
                 out[:, hh, :] = sc @ v[:, hh // (H // K), :]
-            x = x + out.reshape(T, -1) @ W[p + "attn_output.weight"].T
+            x = x + mm(out.reshape(T, -1), W[p + "attn_output.weight"])
             h = rms(x, W[p + "ffn_norm.weight"])
-            g, u = h @ W[p + "ffn_gate.weight"].T, h @ W[p + "ffn_up.weight"].T
-            x = x + (g / (1 + np.exp(-g)) * u) @ W[p + "ffn_down.weight"].T
-        return rms(x, W["output_norm.weight"]) @ head.T
+            g, u = mm(h, W[p + "ffn_gate.weight"]), mm(h, W[p + "ffn_up.weight"])
+            x = x + mm(g / (1 + np.exp(-g)) * u, W[p + "ffn_down.weight"])
+        return mm(rms(x, W["output_norm.weight"]), head)
 
     return forward
 
 
 def main():
+    from llama_cpp import Llama  # here, so the forward above imports without it
+
     llm = Llama(model_path=GGUF, n_ctx=2048, logits_all=True, n_threads=2, n_batch=512, verbose=False)
     os.makedirs(OUT, exist_ok=True)
-    exact = exact_forward_factory()
+    exact = forward_factory()
     n_pos = 0
     with open(os.path.join(OUT, "prompts.bin"), "wb") as fp, open(os.path.join(OUT, "top.bin"), "wb") as ft, \
             open(os.path.join(OUT, "exact.bin"), "wb") as fe:
