@@ -82,8 +82,8 @@ def load_model():
 
 
 def round_blocks(x, qmax):
-    """x rounded as a per-32 quantization to integers in [-qmax, qmax] rounds it (the CPU
-    engine's matmul inputs: qmax 32767); unchanged when qmax is None."""
+    """x as quantizing each run of 32 to integers in [-qmax, qmax] (scale max|x| / qmax)
+    leaves it: the CPU engine's matmul inputs use qmax 32767. x itself when qmax is None."""
     if qmax is None:
         return x
     b = x.reshape(x.shape[0], -1, 32)
