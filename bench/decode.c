@@ -8,10 +8,9 @@
  *   Runs at 1 thread and at all online cores (or only at --threads N).
  *
  * Decode at batch 1 reads every weight once per token, so its limit is bytes of weights per
- * token over memory read bandwidth. Bytes per token come from the snapshot's tensor table:
- * every tensor in full, except the token embedding, of which one row is read -- unless the
- * head is tied to it, in which case the head reads the whole table. The KV cache's reads are
- * not counted (at 256 positions they are ~1 % of the weights for the default model).
+ * token over memory read bandwidth. Bytes per token are snap_decode_bytes' count from the
+ * snapshot's tensor table. The KV cache's reads are not counted (at 256 positions they are
+ * ~1 % of the weights for the default model).
  * Bandwidth is a read of a buffer far larger than the caches (default 1 GiB), split between
  * the same number of threads as the model uses, summed with 256-bit loads, best of N. A
  * second figure reads a buffer the size of the weights: when that fits in the last-level

@@ -1,12 +1,14 @@
 /* gpu.c -- CUDA backend bench (built only with CUDA=1):
  *   bench/gpu SNAPSHOT [max_concurrency=256]
- *   bench/gpu --synthetic NAME OUT.thaw   packs a synthetic model (q4, target cuda) and exits:
- *                                         a GPU machine needs no ./thaw (and its libraries)
+ *   bench/gpu --synthetic NAME OUT.thaw   packs a synthetic model (q4, target cuda), prints
+ *                                         gpu_pack and exits: a GPU machine needs no ./thaw
  * Prints one machine-readable line per result:
  *   gpu_limits   pinned H2D GB/s and device-to-device (HBM) GB/s, measured in this run
  *   gpu_load     exec->ready and exec->first token with the phase breakdown; load GB/s and
  *                its ratio to the pinned H2D bandwidth
- *   gpu_decode   batch-1 decode tok/s and the HBM roofline (weight bytes / D2D bandwidth)
+ *   gpu_graphs   the wait for the decode graphs captured after ready, and how many are left
+ *   gpu_decode   batch-1 decode tok/s and the HBM roofline (snap_decode_bytes / D2D bandwidth)
+ *   gpu_profile  time per op kind in the second prefill and in batch-1 decode steps
  *   gpu_batch    output tok/s at concurrency c = 1, 2, 4 .. max for 128-token prompts and
  *                128 output tokens per request (all requests prefilled, then decoded together)
  * "exec" is this process's start (its first instruction in main, after the dynamic loader).

@@ -29,8 +29,7 @@ enum snap_src_type {
 struct snap_src_tensor;
 /* Generates row `row` of a tensor as floats, out[cols] (synthetic models: weights made on the
  * fly so that an 8B-shape model packs in bounded memory). */
-typedef void (*snap_src_gen_fn)(const void *ctx, const struct snap_src_tensor *t, uint64_t row, float *out,
-                                uint64_t cols);
+typedef void (*snap_src_gen_fn)(const struct snap_src_tensor *t, uint64_t row, float *out, uint64_t cols);
 
 typedef struct snap_src_tensor {
     char name[SNAP_NAME_MAX];      /* canonical GGUF-style name */
@@ -39,9 +38,8 @@ typedef struct snap_src_tensor {
     uint64_t shape[SNAP_MAX_DIMS]; /* outermost first; last dimension contiguous */
     const uint8_t *data;           /* source bytes, inside the reader's mapping */
     uint64_t n_bytes;
-    snap_src_gen_fn gen;           /* when set: rows come from gen(gen_ctx, ...) as f32, and
-                                    * data/n_bytes are unused (type must be SRC_F32) */
-    const void *gen_ctx;
+    snap_src_gen_fn gen;           /* when set: rows come from gen() as f32, and data/n_bytes
+                                    * are unused (type must be SRC_F32) */
 } snap_src_tensor;
 
 /* A model as read from its source. Everything a reader allocates hangs off `owned`

@@ -218,7 +218,7 @@ static int convert(const snap_src_tensor *s, const snap_tensor *t, uint8_t *dst,
     uint64_t dst_row = t->size / rows;
     for (uint64_t r = 0; r < rows; r++) {
         if (s->gen)
-            s->gen(s->gen_ctx, s, r, row, cols);
+            s->gen(s, r, row, cols);
         else
             snap_dequant_row(s->type, s->data + r * src_row_bytes, row, cols);
         /* f16 scales, minimums and values overflow past 65504: refuse rather than store inf */

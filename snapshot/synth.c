@@ -11,9 +11,8 @@
  * matrices uniform in [-0.05, 0.05) times a magnitude that changes every 16 values (1/2 .. 2),
  * so that activations stay in range through many layers and quantization blocks' scales vary
  * as a real model's do; norm weights 1; biases as matrices. Rows share no runs of values, and
- * the scales vary: a synthetic snapshot's chunks are stored raw, as a real model's are (an
- * earlier generator copied rows out of one small table: its chunks compressed and a load
- * measured on them decompressed what a real one copies).
+ * the scales vary: a synthetic snapshot's chunks are stored raw, as a real model's are, so
+ * a load measured on them copies what a real one copies.
  *
  * Vocabulary: token i < 256 is byte i in the GPT-2 byte-to-character spelling (any text
  * tokenizes, byte by byte, with no merges), then "<tok_N>" fillers, then three ChatML control
@@ -22,7 +21,6 @@
 #include "internal.h"
 
 #include <stdint.h>
-
 
 typedef struct synth_spec {
     const char *name, *display;
@@ -57,7 +55,6 @@ static const char synth_chatml[] =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
-
 static uint64_t hash_name(const char *s)
 {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -76,7 +73,7 @@ static float synth_uniform(uint64_t *x)
     return (float)r / (float)(1u << 24);
 }
 
-static void synth_gen(const void *ctx, const snap_src_tensor *t, uint64_t row, float *out, uint64_t cols)
+static void synth_gen(const snap_src_tensor *t, uint64_t row, float *out, uint64_t cols)
 {
     static const char norm[] = "_norm.weight";
     size_t len = strlen(t->name), k = sizeof norm - 1;
@@ -180,7 +177,6 @@ static int add(snap_src_model *m, const char *name, uint64_t d0, uint64_t d1)
     t.shape[0] = d0;
     t.shape[1] = d1;
     t.gen = synth_gen;
-    t.gen_ctx = NULL;
     return snap_src_add_tensor(m, &t);
 }
 

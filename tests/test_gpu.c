@@ -72,11 +72,6 @@ static void quantize_like_gemv(const float *x, uint64_t n, float *out)
     }
 }
 
-static int int8_activations(uint32_t dtype, uint32_t layout)
-{
-    return layout == SNAP_LAYOUT_SPLIT && (dtype == SNAP_Q4 || dtype == SNAP_Q8);
-}
-
 /* A random [rows][cols] matrix stored as dtype/layout: host bytes (as the packer writes them)
  * and the exact f32 values those bytes stand for. */
 static uint8_t *make_mat_salted(uint32_t dtype, uint32_t layout, uint64_t rows, uint64_t cols, float *vals,
@@ -161,7 +156,7 @@ static void test_kernels_matmul(void)
         ecu_h2d(dm, bytes, n);
         ecu_mat m = {types[k][0], types[k][1], rows, cols, dm};
         eng_err err = {{0}};
-        int q8x = int8_activations(types[k][0], types[k][1]);
+        int q8x = ecu_gemv_fusable(&m); /* the int8-activation path */
         for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
             /* ref: on the activations the kernel uses; ref_exact (q8x only): on x itself */
             for (int pass = 0; pass < 1 + q8x; pass++) {
@@ -439,7 +434,7 @@ static void test_kernels_attention(void)
         ecu_h2d(dkc, kc, pool * 2), ecu_h2d(dvc, vc, pool * 2), ecu_h2d(dq, q, T * H * D * 4);
         ecu_h2d(dpos, pos, sizeof pos), ecu_h2d(dblocks, blocks, sizeof blocks);
         ecu_h2d(dseq, seq, sizeof seq), ecu_h2d(doff, off, sizeof off);
-        const ecu_attn_shape as = {H, K, D, NB, SNAP_ROPE_NORM, 1.0f};
+        const ecu_attn_shape as = {H, K, D, NB, SNAP_ROPE_NORM};
         const ecu_kv_batch kb = {dpos, dseq, doff, dblocks};
         eng_err err = {{0}};
         CHECK_RUN(ecu_attention(&as, &kb, T, dq, dkc, dvc, dout, NULL, &err));

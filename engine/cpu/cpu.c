@@ -200,6 +200,10 @@ static void add_bias(const matmul_task *t, uint32_t i, uint32_t tok0, uint32_t t
  * once by the op that produced them (quant_ahead) or else by each thread. */
 #define AMX_TOKEN_SPLIT 8
 
+/* Whether an AMX batch of n_tokens splits its row groups between the threads (below
+ * AMX_TOKEN_SPLIT tiles) rather than its token tiles. */
+static int amx_rows_split(uint32_t n_tokens) { return (n_tokens + 15) / 16 < AMX_TOKEN_SPLIT; }
+
 /* Whether a matmul of these matrices on n_tokens runs on AMX: quantized, one dtype (one
  * operand layout), enough tokens. */
 static int on_amx(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
@@ -236,7 +240,7 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
     uint64_t total = 0; /* row groups of all the matrices */
     for (uint32_t i = 0; i < t->n_mats; i++)
         total += t->mats[i]->r16.n_groups;
-    if (n_tiles < AMX_TOKEN_SPLIT) {
+    if (amx_rows_split(T)) {
         const uint8_t *ops = t->ahead;
         if (ops) { /* the other threads wrote part of them a moment ago: fetch all at once, not
                     * a line at a time as the tile loads reach them (matmuls 7.3-7.6 -> 7.0-7.4 ms
@@ -277,7 +281,7 @@ static void amx_run(const matmul_task *t, uint32_t ith, uint32_t nth)
  * width set the operands, or NULL where the matmul quantizes its input itself. */
 static const cpu_mat *quant_ahead(const cpu_ctx *cx, uint32_t n_tokens, const cpu_mat *const *mats, uint32_t n)
 {
-    return on_amx(cx, n_tokens, mats, n) && (n_tokens + 15) / 16 < AMX_TOKEN_SPLIT ? mats[0] : NULL;
+    return on_amx(cx, n_tokens, mats, n) && amx_rows_split(n_tokens) ? mats[0] : NULL;
 }
 
 /* Token tok's input row x of matrix m into the shared operand tiles. */
@@ -333,12 +337,13 @@ static void quant_run(void *arg, uint32_t ith, uint32_t nth)
 }
 
 /* Runs matmuls that share input x [T][cols] in one parallel region, after quantizing x when
- * a matrix is quantized (in parallel once there are enough tokens to pay for a pass). */
+ * a matrix is quantized (in parallel once there are enough tokens to pay for a pass), unless
+ * the op before quantized it ahead: `ahead` is then quant_ahead's answer for these matrices,
+ * else NULL. */
 static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, const cpu_mat *const *mats,
-                   float *const *outs, const float *const *biases, int quantized_ahead)
+                   float *const *outs, const float *const *biases, const cpu_mat *ahead)
 {
-    matmul_task t = {
-        .cx = cx, .n_tokens = n_tokens, .x = x, .ahead = quantized_ahead ? cx->tiles_ahead : NULL, .n_mats = n};
+    matmul_task t = {.cx = cx, .n_tokens = n_tokens, .x = x, .ahead = ahead ? cx->tiles_ahead : NULL, .n_mats = n};
     int quant = 0;
     for (uint32_t i = 0; i < n; i++) {
         t.mats[i] = mats[i];
@@ -417,7 +422,8 @@ typedef struct token_task {
     cpu_ctx *cx;
     const eng_batch *b;
     uint32_t layer;
-    int what;            /* TOK_* */
+    int what;             /* TOK_* */
+    uint32_t n;           /* tokens it runs over: the batch's, or its outputs' for TOK_OUT_NORM */
     const cpu_mat *ahead; /* the next matmul, when its input is quantized here (quant_ahead) */
 } token_task;
 
@@ -435,7 +441,7 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
     const cpu_layer *L = &cx->layers[t->layer];
     uint32_t E = c->n_embd, D = c->head_dim, H = c->n_head, K = c->n_head_kv;
     uint64_t lo, hi;
-    eng_split(t->what == TOK_OUT_NORM ? t->b->n_out : t->b->n_tokens, ith, nth, &lo, &hi);
+    eng_split(t->n, ith, nth, &lo, &hi);
     for (uint64_t tok = lo; tok < hi; tok++) {
         float *x = cx->x + tok * E, *xb = cx->xb + tok * E;
         switch (t->what) {
@@ -479,8 +485,9 @@ static void token_run(void *arg, uint32_t ith, uint32_t nth)
 static void run_tokens(cpu_ctx *cx, token_task *tt, int what, const cpu_mat *ahead)
 {
     tt->what = what;
+    tt->n = what == TOK_OUT_NORM ? tt->b->n_out : tt->b->n_tokens;
     tt->ahead = ahead;
-    if ((what == TOK_OUT_NORM ? tt->b->n_out : tt->b->n_tokens) < 4)
+    if (tt->n < 4)
         token_run(tt, 0, 1);
     else
         eng_pool_run(cx->pool, token_run, tt);
@@ -516,31 +523,31 @@ static int cpu_forward(void *ctx, const eng_batch *b, float *logits, eng_err *er
                       *wd[1] = {&L->wd};
         const cpu_mat *qkv_ahead = quant_ahead(cx, T, qkv, 3), *gu_ahead = quant_ahead(cx, T, gu, 2),
                       *wd_ahead = quant_ahead(cx, T, wd, 1);
-        token_task tt = {cx, b, l, 0, NULL};
+        token_task tt = {.cx = cx, .b = b, .layer = l};
         run_tokens(cx, &tt, TOK_ATTN_NORM, qkv_ahead);
         float *qkv_out[3] = {cx->q, cx->kx, cx->vx};
         const float *qkv_bias[3] = {L->bq, L->bk, L->bv};
-        matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias, qkv_ahead != NULL);
+        matmul(cx, T, cx->xb, 3, qkv, qkv_out, qkv_bias, qkv_ahead);
         run_tokens(cx, &tt, TOK_ROPE, NULL);
         attn_task at = {cx, b, l, 0};
         eng_pool_run(cx->pool, attn_run, &at);
         float *wo_out[1] = {cx->xb};
-        matmul(cx, T, cx->att, 1, wo, wo_out, NULL, 0);
+        matmul(cx, T, cx->att, 1, wo, wo_out, NULL, NULL);
         run_tokens(cx, &tt, TOK_FFN_NORM, gu_ahead);
         float *gu_out[2] = {cx->g, cx->u};
-        matmul(cx, T, cx->xb, 2, gu, gu_out, NULL, gu_ahead != NULL);
+        matmul(cx, T, cx->xb, 2, gu, gu_out, NULL, gu_ahead);
         run_tokens(cx, &tt, TOK_SWIGLU, wd_ahead);
         float *wd_out[1] = {cx->xb};
-        matmul(cx, T, cx->g, 1, wd, wd_out, NULL, wd_ahead != NULL);
+        matmul(cx, T, cx->g, 1, wd, wd_out, NULL, wd_ahead);
     }
     add_into(cx->x, cx->xb, (uint64_t)T * E); /* the last layer's FFN output */
     /* logits for the requested tokens: gather, norm, head */
     const cpu_mat *head[1] = {&cx->output};
     const cpu_mat *head_ahead = quant_ahead(cx, b->n_out, head, 1);
-    token_task tt = {cx, b, 0, 0, NULL};
+    token_task tt = {.cx = cx, .b = b};
     run_tokens(cx, &tt, TOK_OUT_NORM, head_ahead);
     float *head_out[1] = {logits};
-    matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL, head_ahead != NULL);
+    matmul(cx, b->n_out, cx->xb, 1, head, head_out, NULL, head_ahead);
     return 0;
 }
 

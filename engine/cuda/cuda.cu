@@ -398,8 +398,7 @@ static int forward_body(ecu_ctx *cx, cudaStream_t stream, uint32_t T, uint32_t n
     const uint32_t *d_seq = (const uint32_t *)(d_pos + cx->max_tokens), *d_out = d_seq + cx->max_tokens;
     const uint32_t *d_boff = d_out + cx->max_tokens;
     ecu_kv_batch kb = {d_pos, d_seq, d_boff, (const int32_t *)(d_boff + cx->max_tokens)};
-    ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style,
-                         1.0f /* linear scaling is in the frequencies */};
+    ecu_attn_shape as = {c->n_head, c->n_head_kv, c->head_dim, cx->n_blocks, c->rope_style};
     void *s = stream;
     int rc;
     if ((rc = PROF(OP_EMBED, ecu_embed(&cx->embd, d_tok, T, cx->x, s, err))))

@@ -636,7 +636,7 @@ extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const flo
 {
     if (n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS || gate->rows != up->rows || gate->cols != up->cols)
         return eng_fail(err, ENG_EINVAL, "gemv_swiglu: shapes or %u tokens", n_tokens);
-    if (!g2_fits(gate) || !g2_fits(up) || gate->dtype != up->dtype)
+    if (!ecu_gemv_swiglu_ok(gate, up))
         return eng_fail(err, ENG_EUNSUPPORTED, "gemv_swiglu: needs SPLIT q4/q8 matrices of one dtype");
     const ecu_mat m[2] = {*gate, *up};
     g2_args a = g2_setup(2, m, d_x, gate->cols, norm);
@@ -864,7 +864,7 @@ __global__ void rope_store_kernel(ecu_attn_shape s, ecu_kv_batch kb, const float
     const uint32_t i = threadIdx.x;
     float *vec = h < H ? q + ((uint64_t)t * H + h) * D : k + ((uint64_t)t * s.n_head_kv + (h - H)) * D;
     float sn, c;
-    sincosf((float)p * s.pos_scale * inv_freq[i], &sn, &c);
+    sincosf((float)p * inv_freq[i], &sn, &c);
     const uint32_t ia = s.rope_style == SNAP_ROPE_NEOX ? i : 2 * i, ib = s.rope_style == SNAP_ROPE_NEOX ? i + half : 2 * i + 1;
     const float x0 = vec[ia], x1 = vec[ib], y0 = x0 * c - x1 * sn, y1 = x0 * sn + x1 * c;
     vec[ia] = y0;

@@ -78,8 +78,7 @@ typedef struct ecu_kv_batch {
 typedef struct ecu_attn_shape {
     uint32_t n_head, n_head_kv, head_dim;
     uint32_t n_blocks;          /* blocks in the pool (per layer) */
-    uint32_t rope_style;        /* enum snap_rope_style */
-    float pos_scale;            /* 1 / linear scaling factor, else 1 */
+    uint32_t rope_style;        /* enum snap_rope_style (any rope scaling is in the frequencies) */
 } ecu_attn_shape;
 
 /* Rotate q [T][H*D] and k [T][K*D] in place by each token's position (d_inv_freq [D/2]),

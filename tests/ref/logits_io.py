@@ -1,6 +1,7 @@
-"""logits_io.py -- what both logits scripts share (see make_logits_fixtures.py): the fixture
-record (per position, f32 logsumexp then the TOP most likely (u32 id, f32 logit) pairs) and
-the perplexity over windows."""
+"""logits_io.py -- what the logits scripts share (see make_logits_fixtures.py): the prompts
+file (per prompt, u32 n then n u32 token ids), the fixture record (per position, f32
+logsumexp then the TOP most likely (u32 id, f32 logit) pairs) and the perplexity over
+windows."""
 import struct
 
 import numpy as np
@@ -29,3 +30,24 @@ def write_top(f, row):
     f.write(struct.pack("<f", lse))
     for t in top:
         f.write(struct.pack("<If", int(t), float(row[t])))
+
+
+def read_prompts(path):
+    data = open(path, "rb").read()
+    off, prompts = 0, []
+    while off < len(data):
+        (n,) = struct.unpack_from("<I", data, off)
+        prompts.append(list(struct.unpack_from(f"<{n}I", data, off + 4)))
+        off += 4 + 4 * n
+    return prompts
+
+
+def read_top(path):
+    """The records write_top wrote, in order: (ids, logits) arrays of TOP, most likely first."""
+    data = open(path, "rb").read()
+    size = 4 + 8 * TOP
+    out = []
+    for off in range(0, len(data), size):
+        pairs = struct.unpack_from("<" + "If" * TOP, data, off + 4)
+        out.append((np.array(pairs[0::2]), np.array(pairs[1::2], dtype=np.float64)))
+    return out

@@ -14,7 +14,7 @@ import os
 import struct
 import sys
 
-from logits_io import perplexity, write_top
+from logits_io import perplexity, read_prompts, write_top
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -22,16 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = os.path.join(ROOT, "models")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OUT = os.path.join(ROOT, "tests", "data", "logits")
-
-
-def read_prompts():
-    data = open(os.path.join(OUT, "prompts.bin"), "rb").read()
-    off, prompts = 0, []
-    while off < len(data):
-        (n,) = struct.unpack_from("<I", data, off)
-        prompts.append(list(struct.unpack_from(f"<{n}I", data, off + 4)))
-        off += 4 + 4 * n
-    return prompts
 
 
 def main():
@@ -46,7 +36,7 @@ def main():
 
     n_pos = 0
     with open(os.path.join(OUT, "hf.bin"), "wb") as f:
-        for ids in read_prompts():
+        for ids in read_prompts(os.path.join(OUT, "prompts.bin")):
             for row in logits(ids):
                 write_top(f, row)
             n_pos += len(ids)

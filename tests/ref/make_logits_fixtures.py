@@ -159,15 +159,19 @@ def main():
 
     llm = Llama(model_path=GGUF, n_ctx=2048, logits_all=True, n_threads=2, n_batch=512, verbose=False)
     os.makedirs(OUT, exist_ok=True)
+
+    def llama_logits(ids):
+        llm.reset()
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float64)
+
     exact = forward_factory()
     n_pos = 0
     with open(os.path.join(OUT, "prompts.bin"), "wb") as fp, open(os.path.join(OUT, "top.bin"), "wb") as ft, \
             open(os.path.join(OUT, "exact.bin"), "wb") as fe:
         for text in PROMPTS:
             ids = llm.tokenize(text.encode(), add_bos=False, special=True)
-            llm.reset()
-            llm.eval(ids)
-            scores = np.array(llm.scores[: len(ids)], dtype=np.float64)
+            scores = llama_logits(ids)
             fp.write(struct.pack("<I", len(ids)) + struct.pack(f"<{len(ids)}I", *ids))
             for row in scores:
                 write_top(ft, row)
@@ -182,13 +186,8 @@ def main():
     assert len(ids) >= need, len(ids)
     ids = ids[:need]
 
-    def window_scores(chunk):
-        llm.reset()
-        llm.eval(chunk)
-        return np.array(llm.scores[:WINDOW], dtype=np.float64)
-
     chunks = [ids[w * WINDOW:(w + 1) * WINDOW] for w in range(N_WINDOWS)]
-    ppl = perplexity((chunk, window_scores(chunk)) for chunk in chunks)
+    ppl = perplexity((chunk, llama_logits(chunk)) for chunk in chunks)
     with open(os.path.join(OUT, "ppl.bin"), "wb") as f:
         f.write(struct.pack("<II", WINDOW, N_WINDOWS) + struct.pack(f"<{need}I", *ids))
     with open(os.path.join(OUT, "ppl.txt"), "w") as f:
