@@ -38,6 +38,8 @@ def main():
     model = load_model()
     prompts = read_prompts(os.path.join(LOGITS, "prompts.bin"))
     exact = read_top(os.path.join(LOGITS, "exact.bin"))
+    if sum(len(ids) for ids in prompts) != len(exact):
+        raise SystemExit("numerics: prompts.bin and exact.bin describe different positions")
     for act, qmax, kv in CONFIGS:
         fwd = forward_factory(model, act_qmax=qmax, kv=kv)
         rows = (row for ids in prompts for row in fwd(ids))

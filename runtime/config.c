@@ -147,7 +147,7 @@ static int apply(rt_config *c, const opt *o, const char *v, const char *where, c
     }
     if (*end || !(d >= o->lo && d <= o->hi))
         goto bad;
-    if (o->kind != OPT_SECONDS && o->kind != OPT_FRAC && d != (double)(uint64_t)d)
+    if ((o->kind == OPT_U32 || o->kind == OPT_SIZE) && d != (double)(uint64_t)d)
         goto bad;
     switch (o->kind) {
     case OPT_U32: *(uint32_t *)base = (uint32_t)d; break;

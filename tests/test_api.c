@@ -125,7 +125,7 @@ static void test_config(void)
     CHECK_INT(c.lazy, 0);
     CHECK_INT(c.max_body_bytes, 64 * 1024);
     CHECK_INT(c.kv_mem_bytes, 2ull << 30);
-    /* a fraction, from the flag or THAW_GPU_MEM_FRACTION; out of (0.05, 1] is an error */
+    /* a fraction, from the flag or THAW_GPU_MEM_FRACTION; out of [0.05, 1] is an error */
     char *env_frac[] = {"THAW_GPU_MEM_FRACTION=0.5", NULL};
     CHECK_INT(rt_config_parse(&c, 1, argv0, env_frac, err, sizeof err), RT_CONFIG_OK);
     CHECK_NEAR(c.gpu_mem_fraction, 0.5, 1e-12);

@@ -284,10 +284,18 @@ static const cpu_mat *quant_ahead(const cpu_ctx *cx, uint32_t n_tokens, const cp
     return on_amx(cx, n_tokens, mats, n) && amx_rows_split(n_tokens) ? mats[0] : NULL;
 }
 
+/* The width of m's input, in values and 32-value blocks. */
+static void act_shape(cpu_act *a, const cpu_mat *m)
+{
+    a->n = m->cols;
+    a->nb = m->cols / 32;
+}
+
 /* Token tok's input row x of matrix m into the shared operand tiles. */
 static void quantize_ahead(const cpu_ctx *cx, const cpu_mat *m, const float *x, uint32_t tok)
 {
-    cpu_act a = {.n = m->cols, .nb = m->cols / 32};
+    cpu_act a = {0};
+    act_shape(&a, m);
     cpu_amx_quant(x, &a, tok, m->dtype, cx->tiles_ahead);
 }
 
@@ -352,8 +360,7 @@ static void matmul(cpu_ctx *cx, uint32_t n_tokens, const float *x, uint32_t n, c
         quant |= is_quant(mats[i]);
     }
     if (quant) {
-        cx->act.n = mats[0]->cols;
-        cx->act.nb = mats[0]->cols / 32;
+        act_shape(&cx->act, mats[0]);
         t.amx = on_amx(cx, n_tokens, mats, n);
         quant_task q = {cx, x, n_tokens};
         if (!t.amx && n_tokens >= 16) /* (on AMX the threads quantize what they need, or the op before did: amx_run) */

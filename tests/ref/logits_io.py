@@ -32,7 +32,13 @@ def write_top(f, row):
         f.write(struct.pack("<If", int(t), float(row[t])))
 
 
+def write_prompt(f, ids):
+    """One prompt record: its token count, then the ids (u32 each)."""
+    f.write(struct.pack("<I", len(ids)) + struct.pack(f"<{len(ids)}I", *ids))
+
+
 def read_prompts(path):
+    """The records write_prompt wrote, in order: lists of token ids."""
     data = open(path, "rb").read()
     off, prompts = 0, []
     while off < len(data):

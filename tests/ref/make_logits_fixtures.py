@@ -31,7 +31,7 @@ import sys
 
 import gguf
 import numpy as np
-from logits_io import perplexity, write_top
+from logits_io import perplexity, write_prompt, write_top
 from gguf.quants import dequantize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -172,7 +172,7 @@ def main():
         for text in PROMPTS:
             ids = llm.tokenize(text.encode(), add_bos=False, special=True)
             scores = llama_logits(ids)
-            fp.write(struct.pack("<I", len(ids)) + struct.pack(f"<{len(ids)}I", *ids))
+            write_prompt(fp, ids)
             for row in scores:
                 write_top(ft, row)
             for row in exact(ids):
