@@ -88,12 +88,33 @@ static cJSON *parse_body(const rt_request *req, rt_error *e)
                      "the request body is not valid UTF-8 (first bad byte at offset %zu)", bad);
         return NULL;
     }
+    /* cJSON ends its strings at a NUL, so a \u0000 escape would cut a prompt short unseen */
+    for (size_t i = 0; i + 1 < req->body_len; i++) {
+        if (req->body[i] != '\\')
+            continue;
+        if (i + 5 < req->body_len && !memcmp(req->body + i + 1, "u0000", 5)) {
+            rt_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                         "the JSON body has a \\u0000 escape at byte %zu; NUL characters are not accepted", i);
+            return NULL;
+        }
+        i++; /* the escaped character */
+    }
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(req->body, req->body_len, &end, 0);
     if (!root) {
         size_t at = end && end >= req->body ? (size_t)(end - req->body) : 0;
         rt_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
                      "could not parse the JSON body of the request (error near byte %zu)", at);
+        return NULL;
+    }
+    size_t at = (size_t)(end - req->body);
+    while (at < req->body_len && (req->body[at] == ' ' || req->body[at] == '\t' || req->body[at] == '\r' ||
+                                  req->body[at] == '\n'))
+        at++;
+    if (at < req->body_len) {
+        cJSON_Delete(root);
+        rt_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                     "the JSON body has more after its object, at byte %zu", at);
         return NULL;
     }
     if (!cJSON_IsObject(root)) {
@@ -703,15 +724,23 @@ static void cmpl_lp_add(cmpl_lp *c, const eng_tokenizer *tok, int32_t token, con
     rt_buf_puts(&c->token_logprobs, sep);
     logprob_num(&c->token_logprobs, s ? s->logprob : NAN);
     rt_buf_printf(&c->offsets, "%s%zu", sep, off);
+    /* the top candidates and, as OpenAI's legacy completions do, the sampled token when it
+     * is not among them (so up to logprobs + 1 entries) */
     rt_buf_puts(&c->top, sep);
     rt_buf_puts(&c->top, "{");
-    for (uint32_t i = 0; s && i < s->n_top; i++) {
-        k = token_bytes(tok, s->top[i].token, t, sizeof t);
+    int sampled_in = 0;
+    uint32_t n_top = s ? s->n_top : 0;
+    for (uint32_t i = 0; i <= n_top; i++) {
+        int32_t id = i < n_top ? s->top[i].token : token;
+        if (i == n_top && (sampled_in || !s))
+            break;
+        sampled_in |= id == token;
+        k = token_bytes(tok, id, t, sizeof t);
         if (i)
             rt_buf_puts(&c->top, ",");
         rt_buf_json_str(&c->top, t, k);
         rt_buf_puts(&c->top, ":");
-        logprob_num(&c->top, s->top[i].logprob);
+        logprob_num(&c->top, i < n_top ? s->top[i].logprob : s->logprob);
     }
     rt_buf_puts(&c->top, "}");
 }
@@ -871,6 +900,7 @@ static void respond_whole(const rt_api_ctx *ctx, gen *g, batch *bt, rt_reqlog *l
             }
             rt_buf_put(&text, ev.text, ev.text_len);
         }
+        rt_buf_put(&text, ev.text, ev.text_len); /* what was held back until the end */
         if (ev.finish == ENG_FINISH_CANCELLED) {
             rt_error_set(&e, 503, "service_unavailable", "cancelled", NULL,
                          "the request was cancelled (client gone or server shutting down)");
@@ -970,18 +1000,15 @@ static void chunk_close(rt_stream *s, const char *finish)
     rt_buf_puts(&s->out, s->include_usage ? ",\"usage\":null}\n\n" : "}\n\n");
 }
 
-static void stream_token(rt_stream *s, const eng_event *ev)
+/* One chunk of text; with ev, the logprobs of its token (ev->token), else "logprobs": null. */
+static void stream_piece(rt_stream *s, const char *text, size_t len, const eng_event *ev)
 {
-    if (s->lg.ttft_s < 0)
-        s->lg.ttft_s = rt_now_s() - s->lg.t_start;
-    if (ev->text_len == 0 && !s->logprobs)
-        return; /* held back (partial character, possible stop string): nothing to say yet */
     chunk_open(s, s->cur);
     if (s->chat) {
         rt_buf_puts(&s->out, "\"delta\":{\"content\":");
-        rt_buf_json_str(&s->out, ev->text, ev->text_len);
+        rt_buf_json_str(&s->out, text, len);
         rt_buf_puts(&s->out, "},\"logprobs\":");
-        if (s->logprobs) {
+        if (ev) {
             rt_buf_puts(&s->out, "{\"content\":[");
             chat_logprob_entry(&s->out, s->tok, ev->token, ev->sample);
             rt_buf_puts(&s->out, "],\"refusal\":null}");
@@ -990,9 +1017,9 @@ static void stream_token(rt_stream *s, const eng_event *ev)
         }
     } else {
         rt_buf_puts(&s->out, "\"text\":");
-        rt_buf_json_str(&s->out, ev->text, ev->text_len);
+        rt_buf_json_str(&s->out, text, len);
         rt_buf_puts(&s->out, ",\"logprobs\":");
-        if (s->logprobs) {
+        if (ev) {
             cmpl_lp c = {0};
             cmpl_lp_add(&c, s->tok, ev->token, ev->sample, s->text_off);
             cmpl_lp_write(&s->out, &c);
@@ -1001,8 +1028,17 @@ static void stream_token(rt_stream *s, const eng_event *ev)
             rt_buf_puts(&s->out, "null");
         }
     }
-    s->text_off += ev->text_len;
+    s->text_off += len;
     chunk_close(s, NULL);
+}
+
+static void stream_token(rt_stream *s, const eng_event *ev)
+{
+    if (s->lg.ttft_s < 0)
+        s->lg.ttft_s = rt_now_s() - s->lg.t_start;
+    if (ev->text_len == 0 && !s->logprobs)
+        return; /* held back (partial character, possible stop string): nothing to say yet */
+    stream_piece(s, ev->text, ev->text_len, s->logprobs ? ev : NULL);
 }
 
 static void stream_error(rt_stream *s, const char *msg)
@@ -1036,6 +1072,8 @@ static void stream_produce(rt_stream *s)
             if (s->out.len >= 8192 || eng_request_next(r, &ev, 0) != 1)
                 return;
         }
+        if (ev.text_len && ev.finish != ENG_FINISH_CANCELLED) /* what was held back until the end */
+            stream_piece(s, ev.text, ev.text_len, NULL);
         s->completion_tokens += ev.n_generated;
         if (s->bt.prompt_of[s->cur] != s->prompt_seen) {
             s->prompt_seen = s->bt.prompt_of[s->cur];

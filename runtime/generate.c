@@ -200,18 +200,18 @@ int rt_cmd_generate(int argc, char **argv)
     double t_first = 0, t_end;
     eng_detok dt;
     eng_detok_init(&dt);
-    uint32_t n_gen = 0;
+    uint32_t n_gen = 0, n_steps = 0; /* tokens emitted; decode steps after the first sample */
     const char *finish = "length";
     for (;;) {
         eng_sample_result r;
         eng_sample(smp, logits, &r);
         if (n_gen == 0)
             t_first = now_s();
-        n_gen++;
-        if (eng_model_is_stop_token(m, r.token)) {
+        if (eng_model_is_stop_token(m, r.token)) { /* not counted, as the server's usage does not */
             finish = "stop";
             break;
         }
+        n_gen++;
         size_t k = eng_detok_push(tok, &dt, r.token, piece, eng_detok_max(tok) + 8);
         fwrite(piece, 1, k, stdout);
         fflush(stdout);
@@ -225,6 +225,7 @@ int rt_cmd_generate(int argc, char **argv)
             fprintf(stderr, "\nthaw generate: %s\n", err.msg);
             goto done;
         }
+        n_steps++;
     }
     t_end = now_s();
     size_t k = eng_detok_flush(&dt, piece, eng_detok_max(tok) + 8);
@@ -238,7 +239,7 @@ int rt_cmd_generate(int argc, char **argv)
             "generated %u tokens (%s), decode %.1f tok/s\n",
             eng_model_name(m), eng_model_backend(m), t_prompt - t0, n_ids, prompt_s * 1e3,
             prompt_s > 0 ? n_ids / prompt_s : 0, n_gen, finish,
-            n_gen > 1 && decode_s > 0 ? (n_gen - 1) / decode_s : 0);
+            n_steps && decode_s > 0 ? n_steps / decode_s : 0);
     status = 0;
 done:
     eng_seq_destroy(seq);

@@ -315,6 +315,106 @@ static void test_stream(void)
     rt_response_deinit(&r);
 }
 
+/* The text of a chat's content, whole or streamed (the content deltas joined), and its
+ * finish_reason; NULL text when the response is not a 200. */
+static char *chat_text(const char *body, int stream, char *finish, size_t finish_cap)
+{
+    rt_response r;
+    call(g_srv, "POST", "/v1/chat/completions", body, &r);
+    rt_buf t = {0};
+    finish[0] = 0;
+    if (r.status == 200 && !stream) {
+        cJSON *j = cJSON_Parse(r.body);
+        const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+        rt_buf_puts(&t, cJSON_GetObjectItem(cJSON_GetObjectItem(c, "message"), "content")->valuestring);
+        snprintf(finish, finish_cap, "%s", cJSON_GetObjectItem(c, "finish_reason")->valuestring);
+        cJSON_Delete(j);
+    } else if (r.status == 200) {
+        char *all = drain_stream(&r);
+        for (char *p = all; (p = strstr(p, "data: {")) != NULL; p += 6) {
+            cJSON *j = cJSON_ParseWithLength(p + 6, (size_t)(strstr(p, "\n\n") - p - 6));
+            const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0);
+            const cJSON *content = cJSON_GetObjectItem(cJSON_GetObjectItem(c, "delta"), "content");
+            if (cJSON_IsString(content))
+                rt_buf_puts(&t, content->valuestring);
+            const cJSON *f = cJSON_GetObjectItem(c, "finish_reason");
+            if (cJSON_IsString(f))
+                snprintf(finish, finish_cap, "%s", f->valuestring);
+            cJSON_Delete(j);
+        }
+        free(all);
+    }
+    rt_buf_put(&t, "", 0);
+    rt_response_deinit(&r);
+    return r.status == 200 ? rt_buf_take(&t, NULL) : (rt_buf_free(&t), NULL);
+}
+
+/* Text held back while it could still begin a stop string is sent when the model ends
+ * (end-of-sequence) before the stop string completes, whole and streamed. */
+static void test_held_text_at_end(void)
+{
+    if (!have_model())
+        TEST_SKIP("no %s (make model)", MODEL);
+    char finish[32], body[512];
+    const char *ask = "{\"messages\":[{\"role\":\"user\",\"content\":\"Say hello.\"}],\"temperature\":0,\"max_tokens\":60";
+    snprintf(body, sizeof body, "%s}", ask);
+    char *plain = chat_text(body, 0, finish, sizeof finish);
+    REQUIRE(plain && plain[0]);
+    if (strcmp(finish, "stop"))
+        fprintf(stderr, "  the greedy reply did not end by itself in 60 tokens: %s\n", plain);
+    REQUIRE(!strcmp(finish, "stop"));
+    /* a stop string made of the reply's last character and one it never writes */
+    char last[8] = {0};
+    size_t n = strlen(plain), k = 1;
+    while (k < n && k < 4 && ((unsigned char)plain[n - k] & 0xc0) == 0x80)
+        k++;
+    memcpy(last, plain + n - k, k);
+    char *stop = json_str(last, k);
+    stop[strlen(stop) - 1] = 0; /* the closing quote: the stop string goes on */
+    for (int stream = 0; stream < 2; stream++) {
+        snprintf(body, sizeof body, "%s,\"stream\":%s,\"stop\":[%s\\u0007\"]}", ask, stream ? "true" : "false", stop);
+        char *held = chat_text(body, stream, finish, sizeof finish);
+        REQUIRE(held);
+        CHECK_STR(held, plain);
+        CHECK_STR(finish, "stop");
+        free(held);
+    }
+    free(stop);
+    free(plain);
+}
+
+/* Legacy completions' top_logprobs always hold the sampled token (up to logprobs + 1). */
+static void test_completion_logprobs(void)
+{
+    if (!have_model())
+        TEST_SKIP("no %s (make model)", MODEL);
+    for (int want = 0; want <= 1; want++) {
+        char body[256];
+        snprintf(body, sizeof body,
+                 "{\"prompt\":\"The capital of France is\",\"max_tokens\":6,\"temperature\":1,\"seed\":7,"
+                 "\"logprobs\":%d}", want);
+        rt_response r;
+        call(g_srv, "POST", "/v1/completions", body, &r);
+        CHECK_INT(r.status, 200);
+        cJSON *j = cJSON_Parse(r.body);
+        const cJSON *lp = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0), "logprobs");
+        const cJSON *toks = cJSON_GetObjectItem(lp, "tokens"), *lps = cJSON_GetObjectItem(lp, "token_logprobs"),
+                    *top = cJSON_GetObjectItem(lp, "top_logprobs");
+        REQUIRE(cJSON_GetArraySize(toks) >= 1 && cJSON_GetArraySize(top) == cJSON_GetArraySize(toks));
+        for (int i = 0; i < cJSON_GetArraySize(toks); i++) {
+            const cJSON *t = cJSON_GetArrayItem(top, i);
+            const char *tok = cJSON_GetArrayItem(toks, i)->valuestring;
+            const cJSON *mine = cJSON_GetObjectItem(t, tok);
+            CHECK(cJSON_GetArraySize(t) >= 1 && cJSON_GetArraySize(t) <= want + 1);
+            CHECK(cJSON_IsNumber(mine));
+            if (cJSON_IsNumber(mine))
+                CHECK_NEAR(mine->valuedouble, cJSON_GetArrayItem(lps, i)->valuedouble, 1e-6);
+        }
+        cJSON_Delete(j);
+        rt_response_deinit(&r);
+    }
+}
+
 static void test_errors(void)
 {
     if (!have_model())
@@ -359,6 +459,9 @@ static void test_errors(void)
          "response_format"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"model\":5}", "model"},
         {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"seed\":\"s\"}", "seed"},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]} trailing", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}{}", NULL},
+        {"{\"messages\":[{\"role\":\"user\",\"content\":\"x\\u0000y\"}]}", NULL},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_error("POST", "/v1/chat/completions", bad[i].body, 400, bad[i].param);
@@ -412,6 +515,10 @@ static void test_tokenize_invoke(void)
     rt_response_deinit(&r);
     expect_error("POST", "/detokenize", "{\"tokens\":[-1]}", 400, "tokens");
     expect_error("POST", "/tokenize", "{}", 400, "prompt");
+    /* an escaped backslash before u0000 is text, not a NUL; whitespace may follow the object */
+    call(g_srv, "POST", "/tokenize", "{\"prompt\":\"a\\\\u0000b\"}\r\n", &r);
+    CHECK_INT(r.status, 200);
+    rt_response_deinit(&r);
 
     rt_request q = {.method = "POST",
                     .path = "/invoke",
@@ -528,6 +635,8 @@ int main(void)
     TEST_RUN(test_health_and_routes);
     TEST_RUN(test_chat_and_completion);
     TEST_RUN(test_stream);
+    TEST_RUN(test_held_text_at_end);
+    TEST_RUN(test_completion_logprobs);
     TEST_RUN(test_errors);
     TEST_RUN(test_tokenize_invoke);
     TEST_RUN(test_api_key_and_drain);
