@@ -12,10 +12,14 @@
  *     1. n_free + n_used + n_cached == n_blocks, and each count matches the states.
  *     2. the free stack holds exactly the FREE blocks, each once; the LRU list exactly the
  *        CACHED ones, each once.
- *     3. a block has a key iff it is in the key table, and the table maps that key to it.
+ *     3. a block has a key iff it is in the key table, and the table maps that key to it;
+ *        every other slot of the table is empty.
  *   Keys: a full block is identified by (parent key, its 16 token ids); the parent key of a
- *   sequence's first block is a fixed root. Lookups compare the stored tokens and parent, so
- *   a hash collision can never hand out the wrong KV.
+ *   sequence's first block is a fixed root. Lookups compare the stored tokens and the parent
+ *   key exactly, so a collision in the table's slots is harmless; but the parent key stands
+ *   for the whole prefix before the block in 64 bits, so two different prefixes share a
+ *   block's KV only if their parent keys collide (about 2^-64 for a pair; the key is not a
+ *   cryptographic hash).
  *   Transitions: alloc (FREE or evicted CACHED -> USED), ref (USED -> USED, or CACHED ->
  *   USED on a prefix hit), unref (USED -> FREE or CACHED when the count reaches 0 and the
  *   block has a key), publish (give a USED full block its key).
@@ -43,7 +47,7 @@ struct eng_kv {
     int32_t *free_stack;
     uint32_t n_free, n_used, n_cached;
     int32_t lru_head, lru_tail;  /* head = least recently used */
-    int32_t *table;              /* open addressing: key -> block, -1 empty, -2 deleted */
+    int32_t *table;              /* open addressing, linear probing: key -> block, -1 empty */
     uint32_t table_cap;
 };
 
@@ -111,7 +115,7 @@ static int32_t table_find(const eng_kv *kv, uint64_t key, uint64_t parent, const
         int32_t id = kv->table[s];
         if (id == -1)
             return -1;
-        if (id >= 0 && kv->b[id].key == key && kv->b[id].parent == parent &&
+        if (kv->b[id].key == key && kv->b[id].parent == parent &&
             memcmp(kv->b[id].tokens, tokens, sizeof kv->b[id].tokens) == 0)
             return id;
     }
@@ -121,20 +125,29 @@ static int32_t table_find(const eng_kv *kv, uint64_t key, uint64_t parent, const
 static void table_insert(eng_kv *kv, int32_t id)
 {
     uint32_t s = slot_of(kv, kv->b[id].key);
-    while (kv->table[s] >= 0)
+    while (kv->table[s] != -1)
         s = (s + 1) & (kv->table_cap - 1);
     kv->table[s] = id;
 }
 
+/* Deletion without tombstones (which would pile up under churn until every miss probed the
+ * whole table): the entries after the hole move back into it when their home slot allows. */
 static void table_remove(eng_kv *kv, int32_t id)
 {
-    for (uint32_t s = slot_of(kv, kv->b[id].key);; s = (s + 1) & (kv->table_cap - 1)) {
-        ENG_ASSERT(kv->table[s] != -1); /* a keyed block is always in the table */
-        if (kv->table[s] == id) {
-            kv->table[s] = -2;
-            return;
+    uint32_t mask = kv->table_cap - 1, hole = slot_of(kv, kv->b[id].key);
+    while (kv->table[hole] != id) {
+        ENG_ASSERT(kv->table[hole] != -1); /* a keyed block is always in the table */
+        hole = (hole + 1) & mask;
+    }
+    for (uint32_t s = (hole + 1) & mask; kv->table[s] != -1; s = (s + 1) & mask) {
+        uint32_t home = slot_of(kv, kv->b[kv->table[s]].key);
+        /* it may fill the hole unless its home lies cyclically in (hole, s] */
+        if (((s - home) & mask) >= ((s - hole) & mask)) {
+            kv->table[hole] = kv->table[s];
+            hole = s;
         }
     }
+    kv->table[hole] = -1;
 }
 
 /* ---- LRU ----------------------------------------------------------------------------------- */
@@ -282,12 +295,12 @@ int eng_kv_check(const eng_kv *kv)
         seen[id] = 1;
     }
     ok &= n_lru == kv->n_cached;
-    uint32_t in_table = 0, keyed = 0;
+    uint32_t in_table = 0, empty = 0, keyed = 0;
     for (uint32_t s = 0; s < kv->table_cap; s++)
-        in_table += kv->table[s] >= 0;
+        in_table += kv->table[s] >= 0, empty += kv->table[s] == -1;
     for (uint32_t i = 0; i < kv->n; i++)
         keyed += kv->b[i].keyed;
-    ok &= in_table == keyed;
+    ok &= in_table == keyed && in_table + empty == kv->table_cap; /* no other marks in the table */
     free(seen);
     return ok;
 }

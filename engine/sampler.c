@@ -531,28 +531,26 @@ void eng_sample(eng_sampler *s, float *logits, eng_sample_result *res)
     } else {
         double sum_exp = -1;
         int32_t tok = p->temperature >= SAMPLING_EPS ? sample_random(s, logits, m, &sum_exp) : best;
-        if (sum_exp < 0 && p->skip_logprob && p->n_logprobs == 0) {
-            res->token = tok;
-            res->logprob = 0;
-            return;
-        }
-        if (sum_exp < 0) {
-            sum_exp = 0;
-            for (uint32_t i = 0; i < n; i++)
-                sum_exp += expf(logits[i] - m);
-        }
-        float lse = m + (float)log(sum_exp);
         res->token = tok;
-        res->logprob = logits[tok] - lse;
-        uint32_t k = p->n_logprobs < ENG_MAX_LOGPROBS ? p->n_logprobs : ENG_MAX_LOGPROBS;
-        if (k > 0) {
-            cand top[ENG_MAX_LOGPROBS];
-            k = select_top(logits, n, k, top);
-            for (uint32_t j = 0; j < k; j++) {
-                res->top[j].token = top[j].id;
-                res->top[j].logprob = top[j].v - lse;
+        res->logprob = 0;
+        if (sum_exp >= 0 || !p->skip_logprob || p->n_logprobs > 0) {
+            if (sum_exp < 0) {
+                sum_exp = 0;
+                for (uint32_t i = 0; i < n; i++)
+                    sum_exp += expf(logits[i] - m);
             }
-            res->n_top = k;
+            float lse = m + (float)log(sum_exp);
+            res->logprob = logits[tok] - lse;
+            uint32_t k = p->n_logprobs < ENG_MAX_LOGPROBS ? p->n_logprobs : ENG_MAX_LOGPROBS;
+            if (k > 0) {
+                cand top[ENG_MAX_LOGPROBS];
+                k = select_top(logits, n, k, top);
+                for (uint32_t j = 0; j < k; j++) {
+                    res->top[j].token = top[j].id;
+                    res->top[j].logprob = top[j].v - lse;
+                }
+                res->n_top = k;
+            }
         }
     }
 

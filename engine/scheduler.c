@@ -13,11 +13,15 @@
  *   one token and appends it (so "decode" and "prefill" are the same mechanism).
  *
  *   Blocks: before a step every scheduled sequence gets blocks for the positions it will
- *   write. When none are left, the newest running sequence is preempted: its blocks are
+ *   write. When none are left, the newest running sequence is preempted -- the one asking,
+ *   when that is the newest, so an older request never waits for a newer one: its blocks are
  *   released (full ones stay in the prefix cache), n_computed drops to its cached prefix, and
  *   it goes back to the head of the queue to be recomputed later -- its tokens and sampler
  *   state are kept, so its output is unchanged. A request fails for lack of KV only when it
  *   cannot fit even alone.
+ *
+ *   Cancellation: a cancelled request ends at the next step, running or queued, and gives
+ *   back its blocks and its queue place at once.
  *
  *   Prefix cache: at admission the sequence's full blocks are looked up in order (keys chain
  *   from the previous block), stopping at the first miss and always leaving at least one
@@ -54,6 +58,7 @@ struct eng_request {
     eng_detok detok;
     char *piece;                        /* [detok_max] scratch */
     int state;                          /* enum req_state, under e->lock */
+    int admitted;                       /* admitted at least once (e->lock) */
     int in_batch;
     struct eng_request *next;           /* queue / running list link, under e->lock */
     atomic_int cancel;
@@ -86,6 +91,7 @@ struct eng_engine {
     int stopping, draining;
     eng_request *queue_head, *queue_tail;
     uint32_t n_queued;
+    atomic_int cancels;                 /* eng_request_cancel calls not yet swept from the queue */
     eng_request *running;               /* list, admission order */
     uint32_t n_running;
     uint64_t next_seq_no;
@@ -239,25 +245,21 @@ static int emit_token(eng_engine *e, eng_request *r, const eng_sample_result *re
 /* Blocks a sequence needs to hold positions [0, upto). */
 static uint32_t blocks_for(uint32_t upto) { return (upto + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS; }
 
-/* e->lock held. Reuse cached prefix blocks for r (from n_blocks == 0); returns 1 if the
- * lookup stopped at a miss (a full block that had to be computed). */
-static int take_prefix(eng_engine *e, eng_request *r)
+/* e->lock held. Reuse cached prefix blocks for r (from n_blocks == 0), stopping at the first
+ * miss. */
+static void take_prefix(eng_engine *e, eng_request *r)
 {
-    int miss = 0;
     r->last_key = ENG_KV_ROOT;
     while ((r->n_blocks + 1) * ENG_BLOCK_TOKENS < r->n_tokens) { /* keep >= 1 token to compute */
         uint64_t key;
         int32_t id = eng_kv_lookup(e->kv, r->last_key, r->tokens + r->n_blocks * ENG_BLOCK_TOKENS, &key);
-        if (id < 0) {
-            miss = 1;
+        if (id < 0)
             break;
-        }
         r->blocks[r->n_blocks++] = id;
         r->last_key = key;
     }
     r->n_published = r->n_blocks;
     r->n_computed = r->n_blocks * ENG_BLOCK_TOKENS;
-    return miss;
 }
 
 static void unlink_running(eng_engine *e, eng_request *r)
@@ -281,20 +283,23 @@ static void queue_push_front(eng_engine *e, eng_request *r)
     r->state = RS_QUEUED;
 }
 
-/* Preempt the newest running sequence other than `keep`; 1 if one was preempted. */
-static int preempt_newest(eng_engine *e, eng_request *keep)
+/* The newest running sequence (the last admitted): the one preemption takes. */
+static eng_request *newest_running(const eng_engine *e)
 {
-    eng_request *victim = NULL;
+    eng_request *newest = NULL;
     for (eng_request *r = e->running; r; r = r->next)
-        if (r != keep && (!victim || r->seq_no > victim->seq_no))
-            victim = r;
-    if (!victim)
-        return 0;
+        if (!newest || r->seq_no > newest->seq_no)
+            newest = r;
+    return newest;
+}
+
+/* Back to the head of the queue, its full blocks left in the prefix cache for its recompute. */
+static void preempt(eng_engine *e, eng_request *victim)
+{
     unlink_running(e, victim);
-    release_blocks(e, victim); /* its full blocks stay cached: recompute may find them */
+    release_blocks(e, victim);
     queue_push_front(e, victim);
     e->stats.preemptions++;
-    return 1;
 }
 
 /* e->lock held. Move queued requests to running while there is room (FCFS: stop at the
@@ -303,17 +308,8 @@ static void admit(eng_engine *e)
 {
     while (e->queue_head && e->n_running < e->max_seqs) {
         eng_request *r = e->queue_head;
-        if (atomic_load(&r->cancel)) {
-            e->queue_head = r->next;
-            if (!e->queue_head)
-                e->queue_tail = NULL;
-            e->n_queued--;
-            r->next = NULL;
-            finish(e, r, ENG_FINISH_CANCELLED, NULL);
-            continue;
-        }
         /* the first chunk must be placeable; later growth preempts if needed */
-        int miss = take_prefix(e, r);
+        take_prefix(e, r);
         uint32_t first = r->n_tokens - r->n_computed;
         if (first > e->max_batch)
             first = e->max_batch;
@@ -327,8 +323,11 @@ static void admit(eng_engine *e)
             e->queue_tail = NULL;
         e->n_queued--;
         r->next = NULL;
-        e->stats.prefix_hits += r->n_blocks;
-        e->stats.prefix_misses += (uint64_t)miss;
+        if (!r->admitted) { /* a prompt's first admission (a recompute after preemption is not a lookup of it) */
+            e->stats.prefix_hits += r->n_blocks;
+            e->stats.prefix_misses += (r->n_tokens - 1) / ENG_BLOCK_TOKENS - r->n_blocks;
+            r->admitted = 1;
+        }
         /* append to running (admission order) */
         eng_request **p = &e->running;
         while (*p)
@@ -347,17 +346,23 @@ static void admit(eng_engine *e)
 
 /* ---- one step ------------------------------------------------------------------------------ */
 
-/* Ensure r has blocks for positions [0, upto); preempts others if needed. 0 ok, -1 no room. */
+/* Ensure r has blocks for positions [0, upto), preempting the newest running sequences while
+ * none are left. 0: done; 1: r was the newest and is preempted itself; -1: r runs alone and
+ * still does not fit. */
 static int grow(eng_engine *e, eng_request *r, uint32_t upto)
 {
     while (r->n_blocks < blocks_for(upto)) {
         int32_t id = eng_kv_alloc(e->kv);
-        if (id < 0) {
-            if (!preempt_newest(e, r))
-                return -1;
+        if (id >= 0) {
+            r->blocks[r->n_blocks++] = id;
             continue;
         }
-        r->blocks[r->n_blocks++] = id;
+        eng_request *victim = newest_running(e);
+        if (victim == r && e->n_running == 1)
+            return -1;
+        preempt(e, victim);
+        if (victim == r)
+            return 1;
     }
     return 0;
 }
@@ -392,10 +397,10 @@ static void sample_run(void *arg, uint32_t ith, uint32_t nth)
         eng_sample(t->e->b_out_reqs[i]->sampler, t->e->logits + (size_t)i * t->e->n_vocab, &t->res[i]);
 }
 
-/* e->lock held on entry and exit; released around the forward pass. */
-static void step(eng_engine *e)
+/* e->lock held. Cancelled requests end at once, running or queued: their blocks go back and
+ * their queue places free up before anything is scheduled. */
+static void reap_cancelled(eng_engine *e)
 {
-    /* cancellations first: their blocks go back before anything is scheduled */
     for (eng_request *r = e->running, *next; r; r = next) {
         next = r->next;
         if (atomic_load(&r->cancel)) {
@@ -403,6 +408,31 @@ static void step(eng_engine *e)
             finish(e, r, ENG_FINISH_CANCELLED, NULL);
         }
     }
+    if (!atomic_exchange(&e->cancels, 0))
+        return;
+    eng_request *prev = NULL;
+    for (eng_request *r = e->queue_head, *next; r; r = next) {
+        next = r->next;
+        if (!atomic_load(&r->cancel)) {
+            prev = r;
+            continue;
+        }
+        if (prev)
+            prev->next = next;
+        else
+            e->queue_head = next;
+        if (e->queue_tail == r)
+            e->queue_tail = prev;
+        e->n_queued--;
+        r->next = NULL;
+        finish(e, r, ENG_FINISH_CANCELLED, NULL);
+    }
+}
+
+/* e->lock held on entry and exit; released around the forward pass. */
+static void step(eng_engine *e)
+{
+    reap_cancelled(e);
     admit(e);
     if (!e->running)
         return;
@@ -416,16 +446,21 @@ static void step(eng_engine *e)
     for (int pass = 0; pass < 2; pass++) {
         for (uint32_t c = 0; c < n_cand && budget > 0; c++) {
             eng_request *r = e->b_cand[c];
+            if (!r)
+                continue;
             uint32_t pending = r->n_tokens - r->n_computed;
             if (r->state != RS_RUNNING || r->in_batch || (pass == 0) != (pending == 1))
                 continue;
             uint32_t chunk = pending < budget ? pending : budget;
-            if (grow(e, r, r->n_computed + chunk) != 0) {
-                /* alone and still no room: it can never fit */
+            int grown = grow(e, r, r->n_computed + chunk);
+            if (grown < 0) { /* alone and still no room: it can never fit */
+                e->b_cand[c] = NULL; /* finish may hand it to its consumer to free */
                 unlink_running(e, r);
                 finish(e, r, ENG_FINISH_ERROR, "the request does not fit in the KV cache even alone");
                 continue;
             }
+            if (grown > 0) /* preempted itself */
+                continue;
             r->in_batch = (int)chunk;
             e->b_reqs[n_reqs++] = r;
             budget -= chunk;
@@ -540,6 +575,18 @@ static void *engine_main(void *arg)
 
 /* ---- public API ------------------------------------------------------------------------------ */
 
+/* Everything eng_engine_create made but the thread. */
+static void engine_free(eng_engine *e)
+{
+    eng_kv_destroy(e->kv);
+    pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->wake);
+    pthread_cond_destroy(&e->idle);
+    free(e->b_tokens), free(e->b_pos), free(e->b_seq), free(e->b_out), free(e->b_seqs), free(e->b_reqs);
+    free(e->b_out_reqs), free(e->b_cand), free(e->logits);
+    free(e);
+}
+
 int eng_engine_create(eng_model *m, const eng_engine_opts *o, eng_engine **out, eng_err *err)
 {
     *out = NULL;
@@ -566,21 +613,17 @@ int eng_engine_create(eng_model *m, const eng_engine_opts *o, eng_engine **out, 
     e->b_out_reqs = malloc(e->max_seqs * sizeof *e->b_out_reqs);
     e->b_cand = malloc(e->max_seqs * sizeof *e->b_cand);
     e->logits = malloc((size_t)e->max_seqs * e->n_vocab * sizeof *e->logits);
-    if (rc || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_out || !e->b_seqs || !e->b_reqs || !e->b_out_reqs ||
-        !e->b_cand || !e->logits || e->max_seqs > 64) {
-        int code = e->max_seqs > 64 ? ENG_EINVAL : ENG_ENOMEM;
-        eng_fail(err, code, code == ENG_EINVAL ? "--max-seqs is at most 64" : "out of memory");
-        eng_kv_destroy(e->kv);
-        free(e->b_tokens), free(e->b_pos), free(e->b_seq), free(e->b_out), free(e->b_seqs), free(e->b_reqs);
-        free(e->b_out_reqs), free(e->b_cand), free(e->logits), free(e);
-        return code;
-    }
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->wake, NULL);
     pthread_cond_init(&e->idle, NULL);
+    if (rc || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_out || !e->b_seqs || !e->b_reqs || !e->b_out_reqs ||
+        !e->b_cand || !e->logits || e->max_seqs > 64) {
+        int code = e->max_seqs > 64 ? ENG_EINVAL : ENG_ENOMEM;
+        engine_free(e);
+        return eng_fail(err, code, code == ENG_EINVAL ? "--max-seqs is at most 64" : "out of memory");
+    }
     if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
-        eng_kv_destroy(e->kv);
-        free(e);
+        engine_free(e);
         return eng_fail(err, ENG_ENOMEM, "cannot start the engine thread");
     }
     *out = e;
@@ -596,13 +639,7 @@ void eng_engine_destroy(eng_engine *e)
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
     pthread_join(e->thread, NULL);
-    eng_kv_destroy(e->kv);
-    pthread_mutex_destroy(&e->lock);
-    pthread_cond_destroy(&e->wake);
-    pthread_cond_destroy(&e->idle);
-    free(e->b_tokens), free(e->b_pos), free(e->b_seq), free(e->b_out), free(e->b_seqs), free(e->b_reqs);
-    free(e->b_out_reqs), free(e->b_cand), free(e->logits);
-    free(e);
+    engine_free(e);
 }
 
 int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, eng_err *err)
@@ -614,6 +651,10 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
         return eng_fail(err, ENG_EINVAL, "max_tokens must be at least 1");
     if (p->n_prompt >= e->n_ctx)
         return eng_fail(err, ENG_ETOOLONG, "the prompt has %u tokens; the context holds %u", p->n_prompt, e->n_ctx);
+    for (uint32_t i = 0; i < p->n_prompt; i++) /* one bad id would fail every request batched with it */
+        if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= e->n_vocab)
+            return eng_fail(err, ENG_EINVAL, "prompt token %u: id %d is outside the vocabulary (0..%u)", i,
+                            p->prompt[i], e->n_vocab - 1);
     if (blocks_for(p->n_prompt + 1) > eng_kv_total(e->kv))
         return eng_fail(err, ENG_ETOOLONG, "the prompt (%u tokens) needs more KV blocks than the pool has (%u)",
                         p->n_prompt, eng_kv_total(e->kv));
@@ -626,9 +667,7 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
     r->e = e;
     r->n_prompt = p->n_prompt;
     r->max_tokens = p->max_tokens;
-    r->cap = p->n_prompt + p->max_tokens;
-    if (r->cap > e->n_ctx)
-        r->cap = e->n_ctx;
+    r->cap = (uint64_t)p->n_prompt + p->max_tokens < e->n_ctx ? p->n_prompt + p->max_tokens : e->n_ctx;
     r->ignore_eos = p->ignore_eos;
     r->want_samples = p->sampling.n_logprobs > 0 || p->logprobs;
     uint32_t n_out_max = r->cap - r->n_prompt;
@@ -754,6 +793,7 @@ void eng_request_cancel(eng_request *r)
         return;
     eng_engine *e = r->e;
     atomic_store(&r->cancel, 1);
+    atomic_store(&e->cancels, 1);
     pthread_mutex_lock(&e->lock);
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);

@@ -555,11 +555,14 @@ static float expect_pen(float l, int in_prompt, int count, float rep, float pres
     return l;
 }
 
-static void test_penalty_formulas(void)
+/* skip_logprob (greedy decoding with nobody reading logprobs) must not skip the counts the
+ * penalties read */
+static void penalty_formulas(int skip_logprob)
 {
     enum { N = 12 };
     const float rep = 1.3f, pres = 0.4f, freq = 0.25f;
     eng_sampling sp = params(0, 0);
+    sp.skip_logprob = skip_logprob;
     sp.repetition_penalty = rep;
     sp.presence_penalty = pres;
     sp.frequency_penalty = freq;
@@ -596,6 +599,12 @@ static void test_penalty_formulas(void)
     }
     CHECK_INT(r.token, arg); /* token 5: 3.0 untouched */
     eng_sampler_destroy(s);
+}
+
+static void test_penalty_formulas(void)
+{
+    penalty_formulas(0);
+    penalty_formulas(1);
 }
 
 /* Greedy picks flipped by each penalty alone. */

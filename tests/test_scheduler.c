@@ -167,6 +167,9 @@ static void test_prefix_cache_reuse(void)
     CHECK(b.n_cached >= 32); /* the system prompt's full blocks */
     CHECK(s2.prefix_hits - s1.prefix_hits >= 2);
     CHECK_INT(s1.prefix_hits - s0.prefix_hits, 0);
+    /* counted per block: every full block the first missed, the second (same prompt) found */
+    CHECK_INT(s2.prefix_hits - s1.prefix_hits, s1.prefix_misses - s0.prefix_misses);
+    CHECK_INT(s2.prefix_misses - s1.prefix_misses, 0);
     CHECK(s2.kv_blocks_cached > 0);
     fprintf(stderr, "  second request: %u prompt tokens from the cache, hits %llu\n", b.n_cached,
             (unsigned long long)(s2.prefix_hits - s1.prefix_hits));
@@ -339,10 +342,196 @@ static void test_kv_manager(void)
     eng_kv_destroy(kv);
 }
 
+/* Publishing and evicting many blocks through a small key table (8 blocks, 16 slots: long
+ * probe runs) keeps every cached block findable and the table free of leftovers. */
+static void test_kv_churn(void)
+{
+    enum { N = 8, ROUNDS = 20000 };
+    eng_kv *kv = NULL;
+    REQUIRE(eng_kv_create(N, &kv) == 0);
+    uint32_t lcg = 12345;
+    int32_t toks[N][ENG_BLOCK_TOKENS]; /* what each block holds while it is cached */
+    int cached[N] = {0};
+    int bad = 0;
+    for (int round = 0; round < ROUNDS && !bad; round++) {
+        int32_t id = eng_kv_alloc(kv); /* a free block, else the least recently used is evicted */
+        REQUIRE(id >= 0);
+        cached[id] = 0;
+        int32_t t[ENG_BLOCK_TOKENS];
+        for (int i = 0; i < ENG_BLOCK_TOKENS; i++)
+            t[i] = (int32_t)((lcg = lcg * 1103515245u + 12345u) >> 16) % 64;
+        uint64_t key;
+        if (eng_kv_publish(kv, id, ENG_KV_ROOT, t, &key) == 1) {
+            memcpy(toks[id], t, sizeof t);
+            cached[id] = 1;
+        }
+        eng_kv_unref(kv, id);
+        for (int32_t b = 0; b < N; b++) {
+            if (!cached[b])
+                continue;
+            int32_t hit = eng_kv_lookup(kv, ENG_KV_ROOT, toks[b], &key);
+            bad |= hit != b;
+            if (hit >= 0)
+                eng_kv_unref(kv, hit);
+        }
+        bad |= !eng_kv_check(kv);
+        if (bad)
+            fprintf(stderr, "  round %d: a cached block was lost or the table is inconsistent\n", round);
+    }
+    CHECK(!bad);
+    eng_kv_destroy(kv);
+}
+
+/* ---- scheduling rules on a tiny model ----------------------------------------------------- */
+
+/* The tiny model packed to a temporary snapshot, opened with a pool of kv_blocks blocks (0:
+ * the default) and a 2048-token context. */
+static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t kv_blocks)
+{
+    snprintf(path, cap, "%s/thaw-%s-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag, (int)getpid());
+    snap_err serr;
+    if (snap_pack("tests/data/hf/llama-tiny", path, NULL, &serr) != 0) {
+        fprintf(stderr, "  pack: %s\n", serr.msg);
+        return NULL;
+    }
+    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16: 2 layers, 2 KV heads of 16 */
+    return open_model(path, per_block * kv_blocks, 2048);
+}
+
+static eng_request *submit_n(eng_engine *e, uint32_t n_prompt, uint32_t max_tokens)
+{
+    static int32_t prompt[2048];
+    for (uint32_t i = 0; i < n_prompt; i++)
+        prompt[i] = (int32_t)(3 + i % 290);
+    eng_request_params p = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens, .ignore_eos = 1};
+    eng_sampling_defaults(&p.sampling);
+    eng_request *r = NULL;
+    eng_err err;
+    if (eng_submit(e, &p, &r, &err) != 0)
+        fprintf(stderr, "  submit: %s\n", err.msg);
+    return r;
+}
+
+/* Reads r's events until done (timeout_ms < 0) or until none is waiting (0); 1 if done. */
+static int read_events(eng_request *r, int timeout_ms, eng_event *ev)
+{
+    while (eng_request_next(r, ev, timeout_ms))
+        if (ev->done)
+            return 1;
+    return 0;
+}
+
+/* A queued request that is cancelled ends at once and gives its queue place back, though the
+ * sequence running ahead of it is far from done. */
+static void test_cancel_queued(void)
+{
+    char path[256];
+    eng_model *m = tiny_model(path, sizeof path, "cancelq", 0);
+    REQUIRE(m != NULL);
+    eng_engine *e = NULL;
+    eng_err err;
+    eng_engine_opts o = {.max_seqs = 1, .max_queue = 1};
+    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_request *a = submit_n(e, 4, 2000);
+    REQUIRE(a);
+    eng_event ev;
+    REQUIRE(eng_request_next(a, &ev, -1) && !ev.done); /* a runs */
+    eng_request *b = submit_n(e, 4, 8);
+    REQUIRE(b);
+    eng_request_cancel(b);
+    CHECK(read_events(b, -1, &ev));
+    CHECK_INT(ev.finish, ENG_FINISH_CANCELLED);
+    int a_done = read_events(a, 0, &ev);
+    if (a_done)
+        fprintf(stderr, "  the running request finished before the cancelled one's end\n");
+    CHECK(!a_done);
+    eng_request *c = submit_n(e, 4, 8); /* b's place in the queue is free again */
+    CHECK(c != NULL);
+    eng_request_release(a);
+    eng_request_release(b);
+    eng_request_release(c);
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    unlink(path);
+}
+
+/* When blocks run out the newest sequence is the one preempted, even when it is the one
+ * asking: an older request never waits for a newer one. */
+static void test_preempts_newest(void)
+{
+    char path[256];
+    eng_model *m = tiny_model(path, sizeof path, "newest", 20);
+    REQUIRE(m != NULL);
+    eng_engine *e = NULL;
+    eng_err err;
+    eng_engine_opts o = {.max_seqs = 4, .max_batch_tokens = 16};
+    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    /* a: 204 positions (13 blocks); b, arriving later: 250 (16); together more than 20 */
+    eng_request *a = submit_n(e, 4, 200);
+    REQUIRE(a);
+    eng_event ev;
+    REQUIRE(eng_request_next(a, &ev, -1) && !ev.done);
+    eng_request *b = submit_n(e, 150, 100);
+    REQUIRE(b);
+    CHECK(read_events(a, -1, &ev));
+    CHECK_INT(ev.finish, ENG_FINISH_LENGTH);
+    int b_done = read_events(b, 0, &ev);
+    if (b_done)
+        fprintf(stderr, "  the newer request finished first\n");
+    CHECK(!b_done);
+    CHECK(read_events(b, -1, &ev));
+    CHECK_INT(ev.finish, ENG_FINISH_LENGTH);
+    eng_stats st;
+    eng_engine_stats(e, &st);
+    CHECK(st.preemptions > 0);
+    eng_request_release(a);
+    eng_request_release(b);
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    unlink(path);
+}
+
+/* A request that outgrows the whole pool alone ends with an error that says so, its
+ * consumer may release it at once, and the engine goes on serving. */
+static void test_outgrows_pool(void)
+{
+    char path[256];
+    eng_model *m = tiny_model(path, sizeof path, "outgrow", 4);
+    REQUIRE(m != NULL);
+    eng_engine *e = NULL;
+    eng_err err;
+    REQUIRE(eng_engine_create(m, NULL, &e, &err) == 0);
+    for (int round = 0; round < 20; round++) {
+        eng_request *big = submit_n(e, 10, 200), *small = submit_n(e, 3, 4);
+        REQUIRE(big && small);
+        eng_event ev;
+        CHECK(read_events(big, -1, &ev));
+        CHECK_INT(ev.finish, ENG_FINISH_ERROR);
+        CHECK(ev.error && strstr(ev.error, "does not fit in the KV cache"));
+        eng_request_release(big);
+        CHECK(read_events(small, -1, &ev));
+        CHECK_INT(ev.finish, ENG_FINISH_LENGTH);
+        eng_request_release(small);
+    }
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    unlink(path);
+}
+
 int main(void)
 {
     TEST_RUN(test_kv_manager);
+    TEST_RUN(test_kv_churn);
     TEST_RUN(test_queue_full_and_drain);
+    TEST_RUN(test_cancel_queued);
+    TEST_RUN(test_preempts_newest);
+    TEST_RUN(test_outgrows_pool);
     TEST_RUN(test_random_requests_no_leak);
     TEST_RUN(test_concurrent_equals_alone);
     TEST_RUN(test_preemption_keeps_output);
