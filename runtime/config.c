@@ -177,7 +177,8 @@ int rt_config_parse(rt_config *c, int argc, char **argv, char **env, char *err, 
     c->max_connections = 256;
     c->conn_timeout_s = 120;
     c->grace_s = 30;
-    c->lazy = env_get(env, "FC_FUNCTION_NAME") != NULL;
+    c->under_fc = env_get(env, "FC_FUNCTION_NAME") != NULL;
+    c->lazy = c->under_fc;
     const char *fc_port = env_get(env, "FC_CUSTOM_LISTEN_PORT");
 
     /* environment first, flags override */

@@ -725,8 +725,10 @@ void rt_server_handle(rt_server *s, const rt_request *req, rt_response *resp)
     }
 
     /* the API: authentication (FC's own API invocations of /invoke are authenticated by FC;
-     * the same path reached through an HTTP trigger is not), then the model */
-    int open_invoke = r->route == RT_ROUTE_INVOKE && req->fc_control_path && !strcmp(req->fc_control_path, "/invoke");
+     * the same path reached through an HTTP trigger is not; outside FC the header is only a
+     * client's word), then the model */
+    int open_invoke = r->route == RT_ROUTE_INVOKE && s->cfg->under_fc && req->fc_control_path &&
+                      !strcmp(req->fc_control_path, "/invoke");
     if (!open_invoke && !authorized(s, req, resp))
         goto done;
     if (inflight_acquire(s, &lg, resp))

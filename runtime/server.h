@@ -63,6 +63,7 @@ typedef struct rt_config {
     const char *served_model_name;  /* NULL = the snapshot's name */
     const char *api_key;            /* NULL = no authentication */
     int lazy;                       /* 1: listen first, load in the background */
+    int under_fc;                   /* FC_FUNCTION_NAME is set: FC's x-fc-* headers are FC's */
     uint64_t max_body_bytes;
     uint32_t max_tokens;            /* cap on a request's max_tokens; 0 = the context */
     uint32_t max_streams;           /* concurrent streaming responses */

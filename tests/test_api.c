@@ -540,6 +540,7 @@ static void test_api_key_and_drain(void)
         TEST_SKIP("no %s (make model)", MODEL);
     rt_config c = g_cfg;
     c.api_key = "s3cret";
+    c.under_fc = 1; /* as with FC_FUNCTION_NAME set */
     rt_server *s;
     char err[256];
     REQUIRE(rt_server_create(&c, &s) == 0);
@@ -560,7 +561,8 @@ static void test_api_key_and_drain(void)
         CHECK_INT(r.status, cases[i].status);
         rt_response_deinit(&r);
     }
-    /* FC's own /invoke calls are open; the same path from an HTTP trigger is not */
+    /* under FC, FC's own /invoke calls are open; the same path from an HTTP trigger is not
+     * (outside FC the header opens nothing: tests/test_server.py) */
     rt_request q = {.method = "POST", .path = "/invoke", .body = body, .body_len = strlen(body), .fd = -1};
     rt_response r;
     rt_server_handle(s, &q, &r);

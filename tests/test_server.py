@@ -492,7 +492,7 @@ def test_api_key():
     for path in ("/health", "/metrics", "/pre-freeze"):
         check(request(d.port, "GET", path)[0] == 200, f"api key: {path} stays open")
     st, _, _ = request(d.port, "POST", "/invoke", body, headers={"x-fc-control-path": "/invoke"})
-    check(st == 200, "api key: FC's /invoke (x-fc-control-path) stays open", st)
+    check(st == 401, "api key: outside FC a client's x-fc-control-path opens nothing", st)
     st, _, _ = request(d.port, "POST", "/invoke", body)
     check(st == 401, "api key: /invoke via an HTTP trigger needs the key", st)
     st, _, b = request(d.port, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 17},
@@ -517,10 +517,16 @@ def test_fc_env_and_eager():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    e = Server(env={"FC_FUNCTION_NAME": "f", "FC_CUSTOM_LISTEN_PORT": str(port), "THAW_PORT": "1"}, expect_port=port)
+    e = Server(env={"FC_FUNCTION_NAME": "f", "FC_CUSTOM_LISTEN_PORT": str(port), "THAW_PORT": "1",
+                    "THAW_API_KEY": "sekrit"}, expect_port=port)
     check(e.port == port, "FC_CUSTOM_LISTEN_PORT is the port", (e.port, port))
     check("loading in the background" in e.text(), "under FC the default is --lazy", e.text())
     check("0.0.0.0:" in e.text(), "binds 0.0.0.0", e.text())
+    body = {"prompt": "Hi", "max_tokens": 1}
+    st, _, _ = request(port, "POST", "/invoke", body, headers={"x-fc-control-path": "/invoke"})
+    check(st == 200, "under FC, FC's own /invoke (x-fc-control-path) needs no key", st)
+    st, _, _ = request(port, "POST", "/invoke", body, headers={"x-fc-control-path": "/http-invoke"})
+    check(st == 401, "under FC, /invoke through an HTTP trigger needs the key", st)
     check(e.stop() == 0, "FC server: SIGTERM exit 0")
     # outside FC the default loads first: a bad model fails the command at once
     r = subprocess.run([THAW, "serve", "-m", os.path.join(TMP, "missing.thaw"), "--port", "0"],
