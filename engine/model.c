@@ -141,6 +141,11 @@ int eng_model_open(const char *path, const eng_model_opts *opts, eng_model **out
     if ((rc = m->ops->create(m->f, &bp, &m->be, &m->n_kv_blocks, &rep.load, err)))
         goto fail;
     rep.backend_s = now_s() - t;
+    /* a KV pool smaller than one context shortens the context to what it holds (as in
+     * llama.cpp, where the context is the KV size): prompts past it are refused up front and
+     * generation stops there with "length", instead of failing part way */
+    if ((uint64_t)m->n_kv_blocks * ENG_BLOCK_TOKENS < m->n_ctx)
+        m->n_ctx = m->n_kv_blocks * ENG_BLOCK_TOKENS;
     m->free_blocks = malloc(m->n_kv_blocks * sizeof *m->free_blocks);
     if (!m->free_blocks) {
         rc = eng_fail(err, ENG_ENOMEM, "out of memory");
