@@ -74,8 +74,10 @@ int eng_token_is_control(const eng_tokenizer *t, int32_t id);
 int32_t eng_token_bos(const eng_tokenizer *t); /* -1 if none */
 int32_t eng_token_eos(const eng_tokenizer *t);
 
-/* Decode ids to text (control tokens skipped). Returns bytes needed, writes up to cap. */
-size_t eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, char *out, size_t cap);
+/* Decode ids to bytes: control tokens skipped or, with keep_special, written as their text
+ * (HF's decode with skip_special_tokens false). Byte tokens come out as they are, so the
+ * result may be ill-formed UTF-8. Returns the bytes the whole text needs, writes up to cap. */
+size_t eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, int keep_special, char *out, size_t cap);
 
 /* Streaming decode: bytes of a UTF-8 character split across tokens are held back until the
  * character is complete, so a stream never emits half a character. Caller storage. */
@@ -84,7 +86,11 @@ typedef struct eng_detok {
     uint32_t n_pending;
     int first;                 /* SentencePiece: strip the leading space of the first piece */
 } eng_detok;
-void eng_detok_init(eng_detok *d);
+/* follows_text: the stream continues text already there (a completion after its prompt), so a
+ * SentencePiece first piece keeps its leading space, as vLLM (which decodes after the prompt)
+ * and llama.cpp's server give it; 0: the stream is the whole text, decoded like
+ * eng_detokenize (HF's decode strips that space). */
+void eng_detok_init(eng_detok *d, int follows_text);
 /* Appends the token's text; writes the newly complete bytes to out and returns how many
  * were written. A cap of eng_detok_max() always suffices. */
 size_t eng_detok_push(const eng_tokenizer *t, eng_detok *d, int32_t id, char *out, size_t cap);

@@ -707,7 +707,7 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
     memcpy(r->tokens, p->prompt, p->n_prompt * sizeof *r->tokens);
     r->n_tokens = p->n_prompt;
     eng_sampler_prompt(r->sampler, p->prompt, p->n_prompt);
-    eng_detok_init(&r->detok);
+    eng_detok_init(&r->detok, 1);
     r->last_key = ENG_KV_ROOT;
     pthread_mutex_init(&r->lock, NULL);
     pthread_cond_init(&r->cond, NULL);

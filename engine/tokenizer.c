@@ -1100,33 +1100,10 @@ static inline bool strips_first_space(const eng_tokenizer *t)
     return t->v.model == SNAP_TOK_SPM && t->v.add_space_prefix;
 }
 
-size_t eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, char *out, size_t cap)
-{
-    size_t total = 0;
-    bool strip = strips_first_space(t);
-    for (size_t i = 0; i < n; i++) {
-        if (ids[i] < 0 || (uint32_t)ids[i] >= t->v.n_tokens)
-            continue;
-        const char *p = t->dec_blob + t->dec_off[ids[i]];
-        size_t len = t->dec_off[ids[i] + 1] - t->dec_off[ids[i]];
-        if (len && strip) {
-            strip = false;
-            if (p[0] == ' ') {
-                p++;
-                len--;
-            }
-        }
-        if (total < cap)
-            memcpy(out + total, p, len < cap - total ? len : cap - total);
-        total += len;
-    }
-    return total;
-}
-
-void eng_detok_init(eng_detok *d)
+void eng_detok_init(eng_detok *d, int follows_text)
 {
     memset(d, 0, sizeof *d);
-    d->first = 1;
+    d->first = !follows_text;
 }
 
 size_t eng_detok_max(const eng_tokenizer *t)
@@ -1135,6 +1112,8 @@ size_t eng_detok_max(const eng_tokenizer *t)
     return 3 * ((size_t)t->max_dec + 4);
 }
 
+/* Output: n counts every byte written or not (what a whole decode needs); out takes the
+ * first cap. */
 typedef struct detok_w {
     char *out;
     size_t cap, n;
@@ -1142,8 +1121,9 @@ typedef struct detok_w {
 
 static inline void w_bytes(detok_w *w, const void *p, size_t len)
 {
-    for (size_t i = 0; i < len && w->n < w->cap; i++)
-        w->out[w->n++] = ((const char *)p)[i];
+    for (size_t i = 0; i < len; i++, w->n++)
+        if (w->n < w->cap)
+            w->out[w->n] = ((const char *)p)[i];
 }
 
 static inline void w_replacement(detok_w *w)
@@ -1213,5 +1193,32 @@ size_t eng_detok_flush(eng_detok *d, char *out, size_t cap)
     if (d->n_pending)
         w_replacement(&w);
     d->n_pending = 0;
+    return w.n;
+}
+
+size_t eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, int keep_special, char *out, size_t cap)
+{
+    detok_w w = {out, cap, 0};
+    bool strip = strips_first_space(t);
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || (uint32_t)ids[i] >= t->v.n_tokens)
+            continue;
+        size_t len;
+        const char *p;
+        if (keep_special && eng_token_is_control(t, ids[i])) {
+            p = tok_text(t, (uint32_t)ids[i], &len);
+        } else {
+            p = t->dec_blob + t->dec_off[ids[i]];
+            len = t->dec_off[ids[i] + 1] - t->dec_off[ids[i]];
+        }
+        if (len && strip) { /* only the start of the whole text loses its space */
+            strip = false;
+            if (p[0] == ' ') {
+                p++;
+                len--;
+            }
+        }
+        w_bytes(&w, p, len);
+    }
     return w.n;
 }

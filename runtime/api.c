@@ -227,9 +227,20 @@ static int completion_prompts(const eng_tokenizer *tok, const cJSON *root, promp
     return 0;
 }
 
-/* Render "messages" with the model's chat template into *text (malloc'd). */
+/* Render "messages" with the model's chat template into *text (malloc'd). As vLLM:
+ * add_generation_prompt (default true) opens the assistant's turn; continue_final_message
+ * (default false; needs add_generation_prompt false and an assistant message last) leaves that
+ * message open, cut where its content ends, for the model to go on writing it. */
 static int render_chat(const eng_model *m, const cJSON *root, char **text, long *text_len, rt_error *e)
 {
+    int add_gen = 1, cont = 0;
+    if (get_bool(root, "add_generation_prompt", &add_gen, e) < 0 || get_bool(root, "continue_final_message", &cont, e) < 0)
+        return -1;
+    if (cont && add_gen) {
+        rt_error_set(e, 400, "invalid_request_error", "invalid_value", "continue_final_message",
+                     "continue_final_message needs add_generation_prompt set to false");
+        return -1;
+    }
     const cJSON *msgs = field(root, "messages");
     if (!msgs) {
         rt_error_set(e, 400, "invalid_request_error", "missing_required_parameter", "messages",
@@ -329,18 +340,39 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
         cm[i] = (eng_chat_msg){r, c};
         i++;
     }
+    if (cont && strcmp(cm[n - 1].role, "assistant")) {
+        rt_error_set(e, 400, "invalid_request_error", "invalid_value", "continue_final_message",
+                     "continue_final_message needs an assistant message last");
+        goto done;
+    }
     eng_err ee = {{0}};
-    long need = eng_chat_render(ct, cm, (size_t)n, 1, NULL, 0, &ee);
+    long need = eng_chat_render(ct, cm, (size_t)n, add_gen, NULL, 0, &ee);
     if (need < 0) {
         rt_error_set(e, 400, "invalid_request_error", "invalid_value", "messages", "%s", ee.msg);
         goto done;
     }
     *text = malloc((size_t)need + 1);
-    if (!*text || eng_chat_render(ct, cm, (size_t)n, 1, *text, (size_t)need + 1, &ee) != need) {
+    if (!*text || eng_chat_render(ct, cm, (size_t)n, add_gen, *text, (size_t)need + 1, &ee) != need) {
         free(*text);
         *text = NULL;
         rt_error_set(e, 500, "server_error", NULL, NULL, "cannot render the conversation");
         goto done;
+    }
+    if (cont) { /* end the text where the final message's content ends */
+        size_t k = strlen(cm[n - 1].content);
+        long at = -1;
+        for (long j = need - (long)k; j >= 0 && at < 0; j--)
+            if (!memcmp(*text + j, cm[n - 1].content, k))
+                at = j;
+        if (at < 0) {
+            free(*text);
+            *text = NULL;
+            rt_error_set(e, 400, "invalid_request_error", "invalid_value", "continue_final_message",
+                         "the chat template does not write the final message's content as it is");
+            goto done;
+        }
+        need = at + (long)k;
+        (*text)[need] = 0;
     }
     *text_len = need;
     rc = 0;
@@ -1240,19 +1272,12 @@ void rt_api_tokenize(const rt_api_ctx *ctx, const rt_request *req, rt_response *
     cJSON *root = parse_body(req, &e);
     if (!root)
         goto fail;
-    int add_special = -1, add_gen = 1;
+    int add_special = -1;
     if (get_bool(root, "add_special_tokens", &add_special, &e) < 0)
-        goto fail;
-    if (get_bool(root, "add_generation_prompt", &add_gen, &e) < 0)
         goto fail;
     const cJSON *p = field(root, "prompt");
     if (field(root, "messages")) {
         long len;
-        if (!add_gen) {
-            rt_error_set(&e, 400, "invalid_request_error", "unsupported_parameter", "add_generation_prompt",
-                         "only add_generation_prompt=true is supported");
-            goto fail;
-        }
         if (render_chat(ctx->model, root, &text, &len, &e) ||
             add_text_prompt(tok, &pr, text, (size_t)len, add_special == 1, "messages", &e))
             goto fail;
@@ -1303,11 +1328,11 @@ void rt_api_detokenize(const rt_api_ctx *ctx, const rt_request *req, rt_response
         goto oom;
     const cJSON *it;
     cJSON_ArrayForEach(it, t) ids[k++] = (int32_t)it->valuedouble;
-    size_t need = eng_detokenize(tok, ids, n, NULL, 0);
+    size_t need = eng_detokenize(tok, ids, n, 1, NULL, 0);
     text = malloc(need + 1);
     if (!text)
         goto oom;
-    eng_detokenize(tok, ids, n, text, need + 1);
+    eng_detokenize(tok, ids, n, 1, text, need + 1);
     rt_buf b = {0};
     rt_buf_puts(&b, "{\"prompt\":");
     rt_buf_json_str(&b, text, need);

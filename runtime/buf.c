@@ -126,6 +126,28 @@ int rt_utf8_valid(const char *s, size_t n, size_t *bad_at)
     return 1;
 }
 
+/* Bytes of the maximal ill-formed subpart at s (n bytes left, s not valid UTF-8 there): a lead
+ * byte and the continuation bytes that could still have followed it, else the one byte. One
+ * U+FFFD per subpart is Unicode's recommended practice (and what HF's decode gives). */
+static size_t utf8_bad_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    if (c < 0xC2 || c > 0xF4)
+        return 1;
+    size_t need = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4, k = 1;
+    while (k < need && k < n) {
+        unsigned lo = 0x80, hi = 0xBF;
+        if (k == 1) {
+            lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        }
+        if (s[k] < lo || s[k] > hi)
+            break;
+        k++;
+    }
+    return k;
+}
+
 void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
@@ -163,7 +185,8 @@ void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
                 esc[5] = hex[c & 15];
                 rt_buf_put(b, esc, 6);
             } else {
-                rt_buf_put(b, "\xEF\xBF\xBD", 3); /* U+FFFD for an invalid byte */
+                rt_buf_put(b, "\xEF\xBF\xBD", 3); /* U+FFFD for an ill-formed subpart */
+                i += utf8_bad_len(u + i, n - i) - 1;
             }
         }
         i++;

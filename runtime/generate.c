@@ -199,7 +199,7 @@ int rt_cmd_generate(int argc, char **argv)
     }
     double t_first = 0, t_end;
     eng_detok dt;
-    eng_detok_init(&dt);
+    eng_detok_init(&dt, 1);
     uint32_t n_gen = 0, n_steps = 0; /* tokens emitted; decode steps after the first sample */
     const char *finish = "length";
     for (;;) {

@@ -72,8 +72,26 @@ static void test_json_writer(void)
     s = json_str("caf\xc3\xa9 \xe4\xbd\xa0", 9);
     CHECK_STR(s, "\"caf\xc3\xa9 \xe4\xbd\xa0\"");
     free(s);
-    s = json_str("x\xff y\xe4\xbd", 6); /* a stray byte and a truncated character */
-    CHECK_STR(s, "\"x\xef\xbf\xbd y\xef\xbf\xbd\xef\xbf\xbd\"");
+    /* one U+FFFD per maximal ill-formed subpart (Unicode's recommended practice, HF's decode):
+     * a stray byte, a truncated 3-byte and 4-byte character, then bytes that cannot continue
+     * their lead (E0 80, a surrogate ED A0 80, overlong C0 AF, past U+10FFFF F4 90) */
+    static const struct {
+        const char *in;
+        int n_fffd;
+    } bad[] = {{"x\xff y", 1}, {"\xe4\xbd", 1}, {"\xf0\x9f\x98", 1}, {"\xe0\x80", 2},
+               {"\xed\xa0\x80", 3}, {"\xc0\xaf", 2}, {"\xf4\x90", 2}, {"\xe4\xbd" "a", 1}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        s = json_str(bad[i].in, strlen(bad[i].in));
+        int n = 0;
+        for (const char *p = s; (p = strstr(p, "\xef\xbf\xbd")) != NULL; p += 3)
+            n++;
+        if (n != bad[i].n_fffd)
+            fprintf(stderr, "  case %zu: %s\n", i, s);
+        CHECK_INT(n, bad[i].n_fffd);
+        free(s);
+    }
+    s = json_str("x\xff y\xe4\xbd" "a", 7);
+    CHECK_STR(s, "\"x\xef\xbf\xbd y\xef\xbf\xbd" "a\"");
     free(s);
     rt_buf b = {0};
     rt_buf_json_num(&b, NAN);
@@ -512,6 +530,51 @@ static void test_tokenize_invoke(void)
     call(g_srv, "POST", "/detokenize", body, &r);
     CHECK_INT(r.status, 200);
     CHECK_CONTAINS(r.body, "\"prompt\":\"Hello world\"");
+    rt_response_deinit(&r);
+    /* add_generation_prompt and continue_final_message shape the rendered chat (vLLM's) */
+    static const struct {
+        const char *flags, *tail;
+    } chat_ends[] = {
+        {"", "<|im_start|>assistant\n"},
+        {",\"add_generation_prompt\":false", "Hello, I<|im_end|>\n"},
+        {",\"add_generation_prompt\":false,\"continue_final_message\":true", "<|im_start|>assistant\nHello, I"},
+    };
+    for (size_t i = 0; i < sizeof chat_ends / sizeof chat_ends[0]; i++) {
+        char req[512];
+        snprintf(req, sizeof req,
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\","
+                 "\"content\":\"Hello, I\"}]%s}",
+                 chat_ends[i].flags);
+        call(g_srv, "POST", "/tokenize", req, &r);
+        CHECK_INT(r.status, 200);
+        cJSON *tj = cJSON_Parse(r.body);
+        char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(tj, "tokens"));
+        rt_response_deinit(&r);
+        char dreq[4096];
+        snprintf(dreq, sizeof dreq, "{\"tokens\":%s}", ids);
+        call(g_srv, "POST", "/detokenize", dreq, &r);
+        cJSON *dj = cJSON_Parse(r.body);
+        const char *text = cJSON_GetObjectItem(dj, "prompt")->valuestring;
+        size_t tl = strlen(text), wl = strlen(chat_ends[i].tail);
+        if (tl < wl || strcmp(text + tl - wl, chat_ends[i].tail))
+            fprintf(stderr, "  case %zu: %s\n", i, text);
+        CHECK(tl >= wl && !strcmp(text + tl - wl, chat_ends[i].tail));
+        cJSON_Delete(dj);
+        cJSON_Delete(tj);
+        free(ids);
+        rt_response_deinit(&r);
+    }
+    expect_error("POST", "/v1/chat/completions",
+                 "{\"messages\":[{\"role\":\"assistant\",\"content\":\"x\"}],\"continue_final_message\":true}", 400,
+                 "continue_final_message");
+    expect_error("POST", "/v1/chat/completions",
+                 "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"continue_final_message\":true,"
+                 "\"add_generation_prompt\":false}",
+                 400, "continue_final_message");
+    /* special tokens keep their text, as vLLM's (tokenizer.decode's default) */
+    call(g_srv, "POST", "/detokenize", "{\"tokens\":[1,28120,2]}", &r);
+    CHECK_INT(r.status, 200);
+    CHECK_CONTAINS(r.body, "\"prompt\":\"<|im_start|>hello<|im_end|>\"");
     rt_response_deinit(&r);
     expect_error("POST", "/detokenize", "{\"tokens\":[-1]}", 400, "tokens");
     expect_error("POST", "/tokenize", "{}", 400, "prompt");

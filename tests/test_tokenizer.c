@@ -276,7 +276,7 @@ static size_t check_roundtrip(const eng_tokenizer *t, const ref_set *r, const ch
         char *out = malloc(g_corpus.len[d] + 1), *text = malloc(g_corpus.len[d] + 1);
         long n2 = eng_tokenize(t, doc, g_corpus.len[d], 0, 0, ids, (size_t)n);
         size_t len = without_missing(missing, doc, g_corpus.len[d], text);
-        size_t m = eng_detokenize(t, ids, (size_t)n, out, len + 1);
+        size_t m = eng_detokenize(t, ids, (size_t)n, 0, out, len + 1);
         if (n2 != n || m != len || memcmp(out, text, len) != 0) {
             if (bad++ == 0) {
                 size_t k = 0;
@@ -301,11 +301,11 @@ static size_t check_stream(const eng_tokenizer *t, const ref_set *r, const char 
     char *piece = malloc(max);
     for (size_t i = 0; i < r->n; i++) {
         const ref_entry *e = &r->e[i];
-        size_t want_len = eng_detokenize(t, e->ids, e->n, NULL, 0);
+        size_t want_len = eng_detokenize(t, e->ids, e->n, 0, NULL, 0);
         char *want = malloc(want_len + 1), *got = malloc(want_len + 1);
-        eng_detokenize(t, e->ids, e->n, want, want_len);
+        eng_detokenize(t, e->ids, e->n, 0, want, want_len);
         eng_detok d;
-        eng_detok_init(&d);
+        eng_detok_init(&d, 0);
         size_t got_len = 0;
         int ok = 1;
         for (uint32_t k = 0; k <= e->n && ok; k++) {
@@ -372,7 +372,7 @@ static size_t check_invalid_utf8(const eng_tokenizer *t, const char *name)
             for (long k = 0; k < n; k++)
                 if (ids[k] < 0 || (uint32_t)ids[k] >= eng_vocab_size(t))
                     n = -1;
-            size_t m = n < 0 ? 0 : eng_detokenize(t, ids, (size_t)n, out, sizeof out);
+            size_t m = n < 0 ? 0 : eng_detokenize(t, ids, (size_t)n, 0, out, sizeof out);
             size_t want_len = without_missing(missing, buf, len, want);
             /* parsed specials decode to nothing, so compare only unparsed text */
             if (n < 0 || (!parse && (m != want_len || memcmp(out, want, want_len) != 0))) {
@@ -382,7 +382,7 @@ static size_t check_invalid_utf8(const eng_tokenizer *t, const char *name)
             }
             /* and the stream of those ids stays valid UTF-8 */
             eng_detok d;
-            eng_detok_init(&d);
+            eng_detok_init(&d, 0);
             char piece[4096];
             for (long k = 0; k <= n && n >= 0; k++) {
                 size_t pm = k < n ? eng_detok_push(t, &d, ids[k], piece, sizeof piece)
@@ -481,7 +481,7 @@ static void test_smollm2_special(void)
     /* the whole chat decodes without its control tokens */
     n = eng_tokenize(g_tok, chat, strlen(chat), 0, 1, ids, 64);
     char out[64];
-    size_t m = eng_detokenize(g_tok, ids, (size_t)n, out, sizeof out);
+    size_t m = eng_detokenize(g_tok, ids, (size_t)n, 0, out, sizeof out);
     CHECK_INT(m, 7);
     CHECK(memcmp(out, "user\nhi", 7) == 0);
 }
@@ -498,7 +498,7 @@ static void test_smollm2_stream(void)
     REQUIRE(b0 >= 0 && b1 >= 0 && b2 >= 0);
     char out[64];
     eng_detok d;
-    eng_detok_init(&d);
+    eng_detok_init(&d, 0);
     CHECK_INT(eng_detok_push(g_tok, &d, b0, out, sizeof out), 0);
     CHECK_INT(eng_detok_push(g_tok, &d, b1, out, sizeof out), 0);
     CHECK_INT(eng_detok_push(g_tok, &d, b2, out, sizeof out), 3);
@@ -537,7 +537,7 @@ static void test_api_edges(void)
     CHECK_STR(eng_strerror(ENG_EUNSUPPORTED), "unsupported");
     CHECK_STR(eng_strerror(0), "ok");
     CHECK_STR(eng_strerror(-999), "unknown error");
-    CHECK_INT(eng_detokenize(g_tok, (const int32_t[]){-5, 999999}, 2, NULL, 0), 0);
+    CHECK_INT(eng_detokenize(g_tok, (const int32_t[]){-5, 999999}, 2, 0, NULL, 0), 0);
 
     snap_vocab v = *snap_get_vocab(g_snap);
     v.model = 9;
@@ -585,6 +585,30 @@ static void test_smollm2_threads(void)
 
 /* ---- tiny Hugging Face tokenizers ------------------------------------------------------------ */
 
+/* A SentencePiece word piece ("\u2581is") decodes with its space after a prompt (generation)
+ * and without it at the start of a whole text (as HF's decode strips it). */
+static void check_spm_first_space(const eng_tokenizer *t)
+{
+    int32_t id = -1;
+    for (int32_t i = 0; i < 100000 && id < 0; i++) {
+        size_t len = 0;
+        const char *text = eng_token_text(t, i, &len);
+        if (!text)
+            break;
+        if (len > 3 && !memcmp(text, "\xe2\x96\x81", 3) && (unsigned char)text[3] < 0x80)
+            id = i;
+    }
+    REQUIRE(id >= 0);
+    char out[64];
+    eng_detok d;
+    eng_detok_init(&d, 1);
+    size_t n = eng_detok_push(t, &d, id, out, sizeof out);
+    CHECK(n > 1 && out[0] == ' ');
+    eng_detok_init(&d, 0);
+    n = eng_detok_push(t, &d, id, out, sizeof out);
+    CHECK(n > 0 && out[0] != ' ');
+}
+
 /* `name` is a Hugging Face folder, or with gguf set a GGUF file (name.gguf), in
  * tests/data/tokenizer/ with its reference name.ref. */
 static void check_tiny(const char *name, int gguf, uint32_t want_model, uint32_t want_pre)
@@ -616,6 +640,8 @@ static void check_tiny(const char *name, int gguf, uint32_t want_model, uint32_t
         CHECK_INT(check_roundtrip(t, &r, name), 0);
         CHECK_INT(check_stream(t, &r, name), 0);
         CHECK_INT(check_invalid_utf8(t, name), 0);
+        if (want_model == SNAP_TOK_SPM)
+            check_spm_first_space(t);
     } else if (t) {
         CHECK(0);
     }
