@@ -284,14 +284,17 @@ static int parse_sections(snap_file *f, uint64_t off, uint64_t end, snap_err *er
     return 0;
 }
 
-static const snap_file *sort_ctx; /* qsort has no context argument; open is not reentrant-critical */
-static int cmp_by_name(const void *a, const void *b)
+/* qsort_r comparators (glibc's argument order): the context is the file, so opens on several
+ * threads at once do not share a sort state */
+static int cmp_by_name(const void *a, const void *b, void *ctx)
 {
-    return strcmp(sort_ctx->tensors[*(const uint32_t *)a].name, sort_ctx->tensors[*(const uint32_t *)b].name);
+    const snap_file *f = ctx;
+    return strcmp(f->tensors[*(const uint32_t *)a].name, f->tensors[*(const uint32_t *)b].name);
 }
-static int cmp_by_offset(const void *a, const void *b)
+static int cmp_by_offset(const void *a, const void *b, void *ctx)
 {
-    uint64_t x = sort_ctx->tensors[*(const uint32_t *)a].offset, y = sort_ctx->tensors[*(const uint32_t *)b].offset;
+    const snap_file *f = ctx;
+    uint64_t x = f->tensors[*(const uint32_t *)a].offset, y = f->tensors[*(const uint32_t *)b].offset;
     return x < y ? -1 : x > y;
 }
 
@@ -346,9 +349,8 @@ static int parse_tensors(snap_file *f, uint64_t off, uint32_t n, snap_err *err)
         }
         f->by_name[i] = by_off[i] = i;
     }
-    sort_ctx = f;
-    qsort(f->by_name, n, sizeof *f->by_name, cmp_by_name);
-    qsort(by_off, n, sizeof *by_off, cmp_by_offset);
+    qsort_r(f->by_name, n, sizeof *f->by_name, cmp_by_name, f);
+    qsort_r(by_off, n, sizeof *by_off, cmp_by_offset, f);
     for (uint32_t i = 1; i < n; i++) {
         const snap_tensor *a = &f->tensors[f->by_name[i - 1]], *b = &f->tensors[f->by_name[i]];
         if (strcmp(a->name, b->name) == 0) {
@@ -528,8 +530,9 @@ int snap_open_memory(const void *buf, size_t len, const char *name, snap_file **
     f->base = buf;
     f->size = len;
     if (((uintptr_t)buf & 7) != 0) { /* the tables are read in place and need alignment */
+        int rc = snap_fail(err, SNAP_EARG, "%s: buffer must be 8-byte aligned", f->path);
         snap_close(f);
-        return snap_fail(err, SNAP_EARG, "%s: buffer must be 8-byte aligned", f->path);
+        return rc;
     }
     return open_common(f, out, err);
 }

@@ -1001,7 +1001,9 @@ static int read_tensors(gguf_ctx *c, snap_src_model *m)
                              "%s: tensor '%s' (info at byte %zu): rows of %llu elements are not whole %s blocks of %u",
                              c->name, st.name, t->rec_off, (unsigned long long)t->ne[0],
                              snap_src_type_name((uint32_t)type), be);
-        uint64_t n_bytes = n_elems / be * snap_src_block_bytes((uint32_t)type); /* < 2^63 * 34/32 */
+        uint64_t n_bytes;
+        if (__builtin_mul_overflow(n_elems / be, (uint64_t)snap_src_block_bytes((uint32_t)type), &n_bytes))
+            n_bytes = UINT64_MAX; /* past any file: refused just below */
         if (t->offset > data_len || n_bytes > data_len - t->offset)
             return snap_fail(c->err, SNAP_EFORMAT,
                              "%s: tensor '%s' (info at byte %zu): data [%llu, +%llu) past the end of the file "

@@ -341,8 +341,11 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         return snap_fail(err, SNAP_EARG, "pack: invalid options (quant %u, target %u, chunk size %u)", quant, target,
                          chunk_size);
     size_t n = m->n_tensors;
+    /* written under a name of this process's own, then renamed: a pack never truncates a file
+     * it did not create (the source itself may be called OUT.tmp), and two packs to one
+     * output do not write into each other */
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", out) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid()) >= (int)sizeof tmp)
         return snap_fail(err, SNAP_EARG, "%s: path too long", out);
 
     plan_entry *plan = calloc(n ? n : 1, sizeof *plan);
@@ -440,7 +443,7 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
     w.file_pos = data_off;
     w.t0 = now_s();
 
-    w.fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (w.fd < 0) {
         rc = snap_fail(err, SNAP_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto fail;

@@ -44,6 +44,7 @@
 
 #define DEFAULT_CONNS 8u
 #define DEFAULT_RANGE (16u << 20)
+#define MAX_RANGE (1u << 30) /* a range is one request's body: larger ones only lose parallelism */
 #define DEFAULT_RETRIES 6u
 #define MAX_CONNS 64u
 
@@ -546,6 +547,10 @@ static int download(fetch_job *j, const snap_fetch_opts *o, snap_fetch_stats *st
     if (n_conns > MAX_CONNS)
         n_conns = MAX_CONNS;
     uint64_t rb = o->range_bytes ? o->range_bytes : env_u32("THAW_FETCH_RANGE_BYTES", DEFAULT_RANGE);
+    if (rb == 0)
+        rb = DEFAULT_RANGE;
+    if (rb > MAX_RANGE)
+        rb = MAX_RANGE;
     rb = (rb + 65535) / 65536 * 65536;
     j->range_bytes = (uint32_t)rb;
     j->max_retries = o->max_retries ? o->max_retries : DEFAULT_RETRIES;
@@ -653,6 +658,7 @@ int snap_fetch(const char *src, const snap_fetch_opts *opts, char *path_out, siz
     if (!j)
         return snap_fail(err, SNAP_ENOMEM, "out of memory");
     j->fd = -1;
+    char final_path[4096] = "", tmp_path[4200] = ""; /* before any goto fail: it unlinks tmp_path */
     int rc = job_setup(j, src, o, err);
     if (rc)
         goto fail;
@@ -666,7 +672,6 @@ int snap_fetch(const char *src, const snap_fetch_opts *opts, char *path_out, siz
         label[bl++] = (isalnum((unsigned char)*p) || strchr("-_.", *p)) ? *p : '_';
     label[bl] = 0;
 
-    char final_path[4096] = "", tmp_path[4200] = "";
     double t0 = now_s();
     if (o->cache_dir && *o->cache_dir) {
         unsigned long long hsh = (unsigned long long)XXH3_64bits(src, strcspn(src, "?") /* presign-independent */);

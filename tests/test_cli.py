@@ -138,8 +138,14 @@ def test_pack_refuses_bad_sources(tmp):
     for src in bad + [empty, junk, os.path.join(tmp, "missing.gguf")]:
         r = thaw("pack", src, "-o", out)
         clean_failure(r, f"pack {os.path.basename(src)}", os.path.basename(src))
-        check(not os.path.exists(out) and not os.path.exists(out + ".tmp"),
-              f"pack {os.path.basename(src)} leaves no file", str(os.listdir(tmp)))
+        left = [f for f in os.listdir(tmp) if f.startswith(os.path.basename(out))]
+        check(not left, f"pack {os.path.basename(src)} leaves no file", left)
+    # a source named like the output's old temporary file (OUT.tmp) is read, not overwritten
+    src = os.path.join(tmp, "same.thaw.tmp")
+    shutil.copy(os.path.join(GGUF_DIR, "llama-f32.gguf"), src)
+    size = os.path.getsize(src)
+    r = thaw("pack", src, "-o", os.path.join(tmp, "same.thaw"))
+    check(r.returncode == 0 and os.path.getsize(src) == size, "pack OUT.tmp -o OUT keeps its source", r.stderr)
 
 
 def main():

@@ -489,6 +489,20 @@ static void test_corruptions(void)
     put64(buf + ti + 4 + 8, (uint64_t)1 << 40);
     CHECK_INT(read_mem(buf, len, &err), SNAP_EFORMAT);
     CHECK_CONTAINS(err.msg, "past the end");
+    {
+        /* an f32 tensor of 2^62 elements: its 2^64 bytes must not wrap to 0 and pass */
+        size_t len32;
+        uint8_t *f32 = read_all(GGUF_DIR "llama-f32.gguf", &len32);
+        REQUIRE(f32);
+        size_t at32 = find_record(f32, len32, "blk.0.attn_q.weight");
+        REQUIRE(at32 != SIZE_MAX);
+        size_t ti32 = at32 + 8 + strlen("blk.0.attn_q.weight");
+        put64(f32 + ti32 + 4, (uint64_t)1 << 20);
+        put64(f32 + ti32 + 4 + 8, (uint64_t)1 << 42);
+        CHECK_INT(read_mem(f32, len32, &err), SNAP_EFORMAT);
+        CHECK_CONTAINS(err.msg, "past the end");
+        free(f32);
+    }
     RESET();
     put64(buf + ti + 4 + 16 + 4, UINT64_MAX - 63);
     CHECK_INT(read_mem(buf, len, &err), SNAP_EFORMAT);

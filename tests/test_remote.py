@@ -272,6 +272,19 @@ def main():
         r = inspect("oss://oss/fx.thaw", env={k: v for k, v in oss_env.items()} | {"THAW_OSS_ENDPOINT": "", "FC_REGION": ""})
         check(r.returncode == 1 and "--oss-endpoint" in r.stderr, "oss without an endpoint: says how to give one",
               r.stderr)
+        # a source refused before its download starts touches no file, not even one named like its key
+        victim = os.path.join(tmp, "victim.thaw")
+        with open(victim, "wb") as f:
+            f.write(b"keep me")
+        e = {k: v for k, v in os.environ.items() if k not in ("THAW_OSS_ENDPOINT", "FC_REGION")}
+        r = subprocess.run([THAW, "inspect", "oss://oss/victim.thaw"], capture_output=True, text=True, timeout=60,
+                           env=e, cwd=tmp)
+        check(r.returncode == 1 and os.path.exists(victim), "a refused oss:// source deletes nothing", r.stderr)
+        # range sizes out of bounds are brought into them (0: the default; past 1 GiB: 1 GiB)
+        for rb in ("0", "4294967295"):
+            r = inspect(f"{base}/plain/fx.thaw", env={"THAW_FETCH_RANGE_BYTES": rb})
+            check(r.returncode == 0 and "verify     ok" in r.stdout, f"THAW_FETCH_RANGE_BYTES={rb}: fetches",
+                  (r.returncode, r.stderr))
         r = inspect("oss://no-key-here", "--oss-endpoint", base, env=small)
         check(r.returncode == 1 and "oss://BUCKET/KEY" in r.stderr, "malformed oss:// source", r.stderr)
 
