@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     size_t m = 0;
     for (int r = 0; r < reps; r++) {
         double t0 = now_s();
-        m = eng_detokenize(t, ids, (size_t)n, out, len + 1);
+        m = eng_detokenize(t, ids, (size_t)n, 0, out, len + 1);
         double dt = now_s() - t0;
         best = dt < best ? dt : best;
     }

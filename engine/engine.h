@@ -63,7 +63,7 @@ long eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, int add_
 uint32_t eng_vocab_size(const eng_tokenizer *t);
 /* The raw bytes a token stands for (byte-level mapping undone, "▁" -> " ", <0xAB> -> byte).
  * Returns the byte count (may exceed cap; nothing past cap is written); 0 for an invalid id
- * or a control token (whose text is never part of output). */
+ * or a control token (whose text is not part of generated output; /detokenize can keep it). */
 size_t eng_token_bytes(const eng_tokenizer *t, int32_t id, char *buf, size_t cap);
 /* The token's text as the vocab spells it (for special tokens: "<|im_end|>"); NULL if
  * id is out of range. *len receives its length. */
@@ -91,10 +91,11 @@ typedef struct eng_detok {
  * and llama.cpp's server give it; 0: the stream is the whole text, decoded like
  * eng_detokenize (HF's decode strips that space). */
 void eng_detok_init(eng_detok *d, int follows_text);
-/* Appends the token's text; writes the newly complete bytes to out and returns how many
- * were written. A cap of eng_detok_max() always suffices. */
+/* Appends the token's text: returns how many bytes it newly completes, of which the first cap
+ * are written to out. A cap of eng_detok_max() always takes them all. */
 size_t eng_detok_push(const eng_tokenizer *t, eng_detok *d, int32_t id, char *out, size_t cap);
-/* At end of stream: flush held-back bytes (an incomplete character is emitted as U+FFFD). */
+/* At end of stream: flush held-back bytes (an incomplete character is emitted as U+FFFD);
+ * returns and writes as eng_detok_push. */
 size_t eng_detok_flush(eng_detok *d, char *out, size_t cap);
 /* Longest text a single push can produce. */
 size_t eng_detok_max(const eng_tokenizer *t);
@@ -344,7 +345,8 @@ int eng_engine_wait_idle(eng_engine *e, int timeout_ms);
 typedef struct eng_stats {
     uint32_t queued, running;
     uint32_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
-    uint64_t prefix_hits, prefix_misses;   /* full prompt blocks found / not found in the cache */
+    uint64_t prefix_hits, prefix_misses;   /* prompt blocks looked up (the full ones before its last token),
+                                            * found / not found in the cache, at first admission */
     uint64_t preemptions;
     uint64_t prompt_tokens, generated_tokens;
     uint64_t requests_finished;

@@ -91,7 +91,6 @@ struct eng_engine {
     int stopping, draining;
     eng_request *queue_head, *queue_tail;
     uint32_t n_queued;
-    atomic_int cancels;                 /* eng_request_cancel calls not yet swept from the queue */
     eng_request *running;               /* list, admission order */
     uint32_t n_running;
     uint64_t next_seq_no;
@@ -273,6 +272,19 @@ static void unlink_running(eng_engine *e, eng_request *r)
         }
 }
 
+/* Unlink r from the queue, prev being the request before it (NULL at the head). */
+static void queue_remove(eng_engine *e, eng_request *prev, eng_request *r)
+{
+    if (prev)
+        prev->next = r->next;
+    else
+        e->queue_head = r->next;
+    if (e->queue_tail == r)
+        e->queue_tail = prev;
+    e->n_queued--;
+    r->next = NULL;
+}
+
 static void queue_push_front(eng_engine *e, eng_request *r)
 {
     r->next = e->queue_head;
@@ -283,7 +295,7 @@ static void queue_push_front(eng_engine *e, eng_request *r)
     r->state = RS_QUEUED;
 }
 
-/* The newest running sequence (the last admitted): the one preemption takes. */
+/* The newest running sequence (the latest submitted): the one preemption takes. */
 static eng_request *newest_running(const eng_engine *e)
 {
     eng_request *newest = NULL;
@@ -318,15 +330,15 @@ static void admit(eng_engine *e)
             release_blocks(e, r); /* undo the prefix refs; wait for blocks */
             break;
         }
-        e->queue_head = r->next;
-        if (!e->queue_head)
-            e->queue_tail = NULL;
-        e->n_queued--;
-        r->next = NULL;
-        if (!r->admitted) { /* a prompt's first admission (a recompute after preemption is not a lookup of it) */
+        queue_remove(e, NULL, r);
+        if (!r->admitted) { /* its first admission (a recompute after preemption is not a lookup of its prompt) */
+            r->admitted = 1;
             e->stats.prefix_hits += r->n_blocks;
             e->stats.prefix_misses += (r->n_tokens - 1) / ENG_BLOCK_TOKENS - r->n_blocks;
-            r->admitted = 1;
+            pthread_mutex_lock(&r->lock);
+            r->queue_s = now_s() - r->t_submit;
+            r->n_cached = r->n_computed;
+            pthread_mutex_unlock(&r->lock);
         }
         /* append to running (admission order) */
         eng_request **p = &e->running;
@@ -334,12 +346,6 @@ static void admit(eng_engine *e)
             p = &(*p)->next;
         *p = r;
         e->n_running++;
-        if (r->state == RS_QUEUED && r->queue_s == 0) {
-            pthread_mutex_lock(&r->lock);
-            r->queue_s = now_s() - r->t_submit;
-            r->n_cached = r->n_computed;
-            pthread_mutex_unlock(&r->lock);
-        }
         r->state = RS_RUNNING;
     }
 }
@@ -408,23 +414,14 @@ static void reap_cancelled(eng_engine *e)
             finish(e, r, ENG_FINISH_CANCELLED, NULL);
         }
     }
-    if (!atomic_exchange(&e->cancels, 0))
-        return;
-    eng_request *prev = NULL;
+    eng_request *prev = NULL; /* the queue too (at most --max-queue: nothing beside a forward pass) */
     for (eng_request *r = e->queue_head, *next; r; r = next) {
         next = r->next;
         if (!atomic_load(&r->cancel)) {
             prev = r;
             continue;
         }
-        if (prev)
-            prev->next = next;
-        else
-            e->queue_head = next;
-        if (e->queue_tail == r)
-            e->queue_tail = prev;
-        e->n_queued--;
-        r->next = NULL;
+        queue_remove(e, prev, r);
         finish(e, r, ENG_FINISH_CANCELLED, NULL);
     }
 }
@@ -562,12 +559,9 @@ static void *engine_main(void *arg)
     }
     while (e->queue_head) {
         eng_request *r = e->queue_head;
-        e->queue_head = r->next;
-        e->n_queued--;
-        r->next = NULL;
+        queue_remove(e, NULL, r);
         finish(e, r, ENG_FINISH_CANCELLED, NULL);
     }
-    e->queue_tail = NULL;
     pthread_cond_broadcast(&e->idle);
     pthread_mutex_unlock(&e->lock);
     return NULL;
@@ -655,9 +649,6 @@ int eng_submit(eng_engine *e, const eng_request_params *p, eng_request **out, en
         if (p->prompt[i] < 0 || (uint32_t)p->prompt[i] >= e->n_vocab)
             return eng_fail(err, ENG_EINVAL, "prompt token %u: id %d is outside the vocabulary (0..%u)", i,
                             p->prompt[i], e->n_vocab - 1);
-    if (blocks_for(p->n_prompt + 1) > eng_kv_total(e->kv))
-        return eng_fail(err, ENG_ETOOLONG, "the prompt (%u tokens) needs more KV blocks than the pool has (%u)",
-                        p->n_prompt, eng_kv_total(e->kv));
     int rc;
     if ((rc = eng_sampling_check(&p->sampling, e->n_vocab, err)))
         return rc;
@@ -793,7 +784,6 @@ void eng_request_cancel(eng_request *r)
         return;
     eng_engine *e = r->e;
     atomic_store(&r->cancel, 1);
-    atomic_store(&e->cancels, 1);
     pthread_mutex_lock(&e->lock);
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);

@@ -1121,9 +1121,9 @@ typedef struct detok_w {
 
 static inline void w_bytes(detok_w *w, const void *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++, w->n++)
-        if (w->n < w->cap)
-            w->out[w->n] = ((const char *)p)[i];
+    if (w->n < w->cap)
+        memcpy(w->out + w->n, p, len < w->cap - w->n ? len : w->cap - w->n);
+    w->n += len;
 }
 
 static inline void w_replacement(detok_w *w)

@@ -88,9 +88,15 @@ static cJSON *parse_body(const rt_request *req, rt_error *e)
                      "the request body is not valid UTF-8 (first bad byte at offset %zu)", bad);
         return NULL;
     }
-    /* cJSON ends its strings at a NUL, so a \u0000 escape would cut a prompt short unseen */
-    for (size_t i = 0; i + 1 < req->body_len; i++) {
-        if (req->body[i] != '\\')
+    /* cJSON ends its strings at a NUL, so a NUL byte (never valid in JSON) or a \u0000 escape
+     * would cut a prompt short unseen */
+    for (size_t i = 0; i < req->body_len; i++) {
+        if (req->body[i] == 0) {
+            rt_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                         "the JSON body has a NUL byte at byte %zu", i);
+            return NULL;
+        }
+        if (req->body[i] != '\\' || i + 1 == req->body_len)
             continue;
         if (i + 5 < req->body_len && !memcmp(req->body + i + 1, "u0000", 5)) {
             rt_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
@@ -358,12 +364,22 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
         rt_error_set(e, 500, "server_error", NULL, NULL, "cannot render the conversation");
         goto done;
     }
-    if (cont) { /* end the text where the final message's content ends */
-        size_t k = strlen(cm[n - 1].content);
+    if (cont) {
+        /* end the text where the final message's content ends, found as transformers (and so
+         * vLLM) find it: the last place of the content stripped of surrounding whitespace;
+         * its trailing whitespace stays when the template kept it */
+        const char *c = cm[n - 1].content, *lead = c, *end = c + strlen(c);
+        while (*lead && strchr(" \t\n\r\f\v", *lead))
+            lead++;
+        while (end > lead && strchr(" \t\n\r\f\v", end[-1]))
+            end--;
+        size_t k = (size_t)(end - lead), k_lead = strlen(lead);
         long at = -1;
         for (long j = need - (long)k; j >= 0 && at < 0; j--)
-            if (!memcmp(*text + j, cm[n - 1].content, k))
+            if (!memcmp(*text + j, lead, k))
                 at = j;
+        if (at >= 0 && lead == c && (size_t)at + k_lead <= (size_t)need && !memcmp(*text + at, c, k_lead))
+            k = k_lead; /* written whole, trailing whitespace and all */
         if (at < 0) {
             free(*text);
             *text = NULL;
@@ -1104,7 +1120,7 @@ static void stream_produce(rt_stream *s)
             if (s->out.len >= 8192 || eng_request_next(r, &ev, 0) != 1)
                 return;
         }
-        if (ev.text_len && ev.finish != ENG_FINISH_CANCELLED) /* what was held back until the end */
+        if (ev.text_len && ev.finish != ENG_FINISH_CANCELLED && ev.finish != ENG_FINISH_ERROR) /* held back until the end */
             stream_piece(s, ev.text, ev.text_len, NULL);
         s->completion_tokens += ev.n_generated;
         if (s->bt.prompt_of[s->cur] != s->prompt_seen) {

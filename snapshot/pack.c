@@ -341,11 +341,12 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         return snap_fail(err, SNAP_EARG, "pack: invalid options (quant %u, target %u, chunk size %u)", quant, target,
                          chunk_size);
     size_t n = m->n_tensors;
-    /* written under a name of this process's own, then renamed: a pack never truncates a file
-     * it did not create (the source itself may be called OUT.tmp), and two packs to one
-     * output do not write into each other */
+    /* written under a new name of its own (mkostemps), then renamed: a pack never truncates or
+     * removes a file it did not create (the source itself may be called OUT.tmp), and two
+     * packs to one output do not write into each other */
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.%ld.tmp", out, (long)getpid()) >= (int)sizeof tmp)
+    int made_tmp = 0;
+    if (snprintf(tmp, sizeof tmp, "%s.XXXXXX.tmp", out) >= (int)sizeof tmp)
         return snap_fail(err, SNAP_EARG, "%s: path too long", out);
 
     plan_entry *plan = calloc(n ? n : 1, sizeof *plan);
@@ -443,7 +444,12 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
     w.file_pos = data_off;
     w.t0 = now_s();
 
-    w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    w.fd = mkostemps(tmp, 4, O_CLOEXEC);
+    made_tmp = w.fd >= 0;
+    if (w.fd >= 0 && fchmod(w.fd, 0644) != 0) {
+        rc = snap_fail(err, SNAP_EIO, "%s: cannot set its mode: %s", tmp, strerror(errno));
+        goto fail;
+    }
     if (w.fd < 0) {
         rc = snap_fail(err, SNAP_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto fail;
@@ -526,7 +532,8 @@ fail:
     }
     if (w.progress)
         fputc('\n', stderr);
-    unlink(tmp);
+    if (made_tmp)
+        unlink(tmp);
 done:
     free(plan);
     free(meta);

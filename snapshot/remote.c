@@ -547,8 +547,6 @@ static int download(fetch_job *j, const snap_fetch_opts *o, snap_fetch_stats *st
     if (n_conns > MAX_CONNS)
         n_conns = MAX_CONNS;
     uint64_t rb = o->range_bytes ? o->range_bytes : env_u32("THAW_FETCH_RANGE_BYTES", DEFAULT_RANGE);
-    if (rb == 0)
-        rb = DEFAULT_RANGE;
     if (rb > MAX_RANGE)
         rb = MAX_RANGE;
     rb = (rb + 65535) / 65536 * 65536;

@@ -319,8 +319,8 @@ typedef struct snap_pack_opts {
 enum { SNAP_GEN_SET_TEMPERATURE = 1, SNAP_GEN_SET_TOP_P = 2, SNAP_GEN_SET_TOP_K = 4, SNAP_GEN_SET_REPETITION = 8 };
 
 /* Pack a GGUF file or a Hugging Face model folder at `src` into a snapshot at `out`.
- * The output is written to `out`.tmp and renamed on success, so a failure leaves no
- * partial file. */
+ * The output is written to a temporary file beside it (`out`.XXXXXX.tmp, made anew) and
+ * renamed on success, so a failure leaves no partial file. */
 int snap_pack(const char *src, const char *out, const snap_pack_opts *opts, snap_err *err);
 
 /* Pack a synthetic model: random weights (deterministic, seeded by tensor name and row) with
@@ -352,7 +352,7 @@ const char *const *snap_synthetic_names(void);
 typedef struct snap_fetch_opts {
     uint32_t n_conns;          /* parallel connections, 0 = $THAW_FETCH_CONNS, else 8 */
     uint32_t range_bytes;      /* bytes per ranged GET, 0 = $THAW_FETCH_RANGE_BYTES, else
-                                * 16 MiB; rounded up to 64 KiB */
+                                * 16 MiB; at most 1 GiB, rounded up to 64 KiB */
     uint32_t max_retries;      /* attempts without progress per range before failing, 0 = 6 */
     const char *oss_endpoint;  /* "oss-cn-hangzhou-internal.aliyuncs.com" or with a scheme
                                 * ("http://127.0.0.1:9000": IP/localhost hosts use path-style

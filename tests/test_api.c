@@ -126,6 +126,7 @@ static void test_config(void)
     CHECK_INT(c.port, 9000);
     CHECK_STR(c.host, "0.0.0.0");
     CHECK_INT(c.lazy, 0);
+    CHECK_INT(c.under_fc, 0);
     CHECK_INT(c.max_body_bytes, 8u << 20);
 
     /* FC: lazy by default, FC's port over THAW_PORT, the flag over both */
@@ -133,6 +134,7 @@ static void test_config(void)
                     "THAW_API_KEY=k", "THAW_GRACE=2.5", NULL};
     CHECK_INT(rt_config_parse(&c, 1, argv0, env1, err, sizeof err), RT_CONFIG_OK);
     CHECK_INT(c.lazy, 1);
+    CHECK_INT(c.under_fc, 1);
     CHECK_INT(c.port, 9100);
     CHECK_INT(c.max_body_bytes, 1u << 20);
     CHECK_STR(c.api_key, "k");
@@ -422,7 +424,7 @@ static void test_completion_logprobs(void)
         for (int i = 0; i < cJSON_GetArraySize(toks); i++) {
             const cJSON *t = cJSON_GetArrayItem(top, i);
             const char *tok = cJSON_GetArrayItem(toks, i)->valuestring;
-            const cJSON *mine = cJSON_GetObjectItem(t, tok);
+            const cJSON *mine = cJSON_GetObjectItemCaseSensitive(t, tok);
             CHECK(cJSON_GetArraySize(t) >= 1 && cJSON_GetArraySize(t) <= want + 1);
             CHECK(cJSON_IsNumber(mine));
             if (cJSON_IsNumber(mine))
@@ -484,6 +486,16 @@ static void test_errors(void)
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_error("POST", "/v1/chat/completions", bad[i].body, 400, bad[i].param);
     expect_error("POST", "/v1/completions", "{\"max_tokens\":5}", 400, "prompt");
+    { /* a raw NUL byte inside a string (JSON never allows one): refused, not cut short */
+        static const char nul_body[] = "{\"prompt\":\"a\0b\"}";
+        rt_request q = {.method = "POST", .path = "/v1/completions", .body = nul_body,
+                        .body_len = sizeof nul_body - 1, .fd = -1};
+        rt_response r;
+        rt_server_handle(g_srv, &q, &r);
+        CHECK_INT(r.status, 400);
+        CHECK_CONTAINS(r.body, "NUL byte");
+        rt_response_deinit(&r);
+    }
     expect_error("POST", "/v1/completions", "{\"prompt\":[]}", 400, "prompt");
     expect_error("POST", "/v1/completions", "{\"prompt\":[1,\"a\"]}", 400, "prompt");
     expect_error("POST", "/v1/completions", "{\"prompt\":[999999999]}", 400, "prompt");
@@ -539,6 +551,7 @@ static void test_tokenize_invoke(void)
         {",\"add_generation_prompt\":false", "Hello, I<|im_end|>\n"},
         {",\"add_generation_prompt\":false,\"continue_final_message\":true", "<|im_start|>assistant\nHello, I"},
     };
+    /* (the message is "Hello, I": the ChatML template writes it whole, so nothing is trimmed) */
     for (size_t i = 0; i < sizeof chat_ends / sizeof chat_ends[0]; i++) {
         char req[512];
         snprintf(req, sizeof req,
@@ -546,13 +559,14 @@ static void test_tokenize_invoke(void)
                  "\"content\":\"Hello, I\"}]%s}",
                  chat_ends[i].flags);
         call(g_srv, "POST", "/tokenize", req, &r);
-        CHECK_INT(r.status, 200);
+        REQUIRE(r.status == 200);
         cJSON *tj = cJSON_Parse(r.body);
         char *ids = cJSON_PrintUnformatted(cJSON_GetObjectItem(tj, "tokens"));
         rt_response_deinit(&r);
         char dreq[4096];
         snprintf(dreq, sizeof dreq, "{\"tokens\":%s}", ids);
         call(g_srv, "POST", "/detokenize", dreq, &r);
+        REQUIRE(r.status == 200);
         cJSON *dj = cJSON_Parse(r.body);
         const char *text = cJSON_GetObjectItem(dj, "prompt")->valuestring;
         size_t tl = strlen(text), wl = strlen(chat_ends[i].tail);
