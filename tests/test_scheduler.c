@@ -398,6 +398,18 @@ static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t k
     return open_model(path, per_block * kv_blocks, 2048);
 }
 
+/* The end of a test: the engine idle with its invariants whole, then everything closed (and
+ * the packed snapshot at path, when given, removed). */
+static void close_all(eng_engine *e, eng_model *m, const char *path)
+{
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    if (path)
+        unlink(path);
+}
+
 static eng_request *submit_n(eng_engine *e, uint32_t n_prompt, uint32_t max_tokens)
 {
     static int32_t prompt[2048];
@@ -452,10 +464,7 @@ static void test_cancel_queued(void)
     eng_request_release(a);
     eng_request_release(b);
     eng_request_release(c);
-    CHECK(eng_engine_wait_idle(e, 10000));
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
+    close_all(e, m, NULL);
 }
 
 /* When blocks run out the newest sequence is the one preempted, even when it is the one
@@ -489,11 +498,7 @@ static void test_preempts_newest(void)
     CHECK(st.preemptions > 0);
     eng_request_release(a);
     eng_request_release(b);
-    CHECK(eng_engine_wait_idle(e, 10000));
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
-    unlink(path);
+    close_all(e, m, path);
 }
 
 /* A pool smaller than the context shortens the context to what the pool holds: a long
@@ -525,11 +530,7 @@ static void test_pool_smaller_than_context(void)
     eng_sampling_defaults(&p.sampling);
     eng_request *r = NULL;
     CHECK_INT(eng_submit(e, &p, &r, &err), ENG_ETOOLONG);
-    CHECK(eng_engine_wait_idle(e, 10000));
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
-    unlink(path);
+    close_all(e, m, path);
 }
 
 int main(void)
