@@ -88,6 +88,17 @@ static size_t py_space_len_back(const unsigned char *s, size_t n)
     return 0;
 }
 
+void eng_chat_strip(const char *s, size_t n, size_t *begin, size_t *end)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t b = 0, e = n, l;
+    while (b < n && (l = py_space_len(u + b, n - b)) > 0)
+        b += l;
+    while (e > b && (l = py_space_len_back(u, e)) > 0)
+        e -= l;
+    *begin = b, *end = e;
+}
+
 typedef struct seg {
     const char *s;
     size_t n;

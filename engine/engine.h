@@ -127,6 +127,9 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
 long eng_chat_render(const eng_chat_template *ct, const eng_chat_msg *msgs, size_t n, int add_generation_prompt,
                      char *out, size_t cap, eng_err *err);
 const char *eng_chat_kind_name(int kind);
+/* s[*begin, *end) is s[0, n) without leading and trailing whitespace, as Python's str.strip()
+ * (which the templates' trim and strip are). */
+void eng_chat_strip(const char *s, size_t n, size_t *begin, size_t *end);
 
 /* ======================================================================================
  * Sampler (engine/sampler.c)

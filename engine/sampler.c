@@ -458,6 +458,30 @@ static int32_t sample_random(eng_sampler *s, const float *logits, float m, doubl
 /* ======================================================================================
  * eng_sample
  * ====================================================================================== */
+
+/* res->token's logprob and the top n_logprobs, under the distribution in logits (max m);
+ * sum_exp is its sum of exp(l - m) when sampling computed it, else < 0. */
+static void put_logprobs(const eng_sampling *p, const float *logits, uint32_t n, float m, double sum_exp,
+                         eng_sample_result *res)
+{
+    if (sum_exp < 0) {
+        sum_exp = 0;
+        for (uint32_t i = 0; i < n; i++)
+            sum_exp += expf(logits[i] - m);
+    }
+    float lse = m + (float)log(sum_exp);
+    res->logprob = logits[res->token] - lse;
+    uint32_t k = p->n_logprobs < ENG_MAX_LOGPROBS ? p->n_logprobs : ENG_MAX_LOGPROBS;
+    if (k > 0) {
+        cand top[ENG_MAX_LOGPROBS];
+        k = select_top(logits, n, k, top);
+        for (uint32_t j = 0; j < k; j++) {
+            res->top[j].token = top[j].id;
+            res->top[j].logprob = top[j].v - lse;
+        }
+        res->n_top = k;
+    }
+}
 void eng_sample(eng_sampler *s, float *logits, eng_sample_result *res)
 {
     const eng_sampling *p = &s->p;
@@ -523,35 +547,16 @@ void eng_sample(eng_sampler *s, float *logits, eng_sample_result *res)
         }
     }
 
+    /* every token banned (m is -inf): nothing is likelier than anything else; the lowest id */
+    res->token = best;
+    res->logprob = 0;
     res->n_top = 0;
-    if (m == -INFINITY) {
-        /* every token banned: nothing is likelier than anything else; take the lowest id */
-        res->token = best;
-        res->logprob = 0;
-    } else {
+    if (m > -INFINITY) {
         double sum_exp = -1;
-        int32_t tok = p->temperature >= SAMPLING_EPS ? sample_random(s, logits, m, &sum_exp) : best;
-        res->token = tok;
-        res->logprob = 0;
-        if (sum_exp >= 0 || !p->skip_logprob || p->n_logprobs > 0) {
-            if (sum_exp < 0) {
-                sum_exp = 0;
-                for (uint32_t i = 0; i < n; i++)
-                    sum_exp += expf(logits[i] - m);
-            }
-            float lse = m + (float)log(sum_exp);
-            res->logprob = logits[tok] - lse;
-            uint32_t k = p->n_logprobs < ENG_MAX_LOGPROBS ? p->n_logprobs : ENG_MAX_LOGPROBS;
-            if (k > 0) {
-                cand top[ENG_MAX_LOGPROBS];
-                k = select_top(logits, n, k, top);
-                for (uint32_t j = 0; j < k; j++) {
-                    res->top[j].token = top[j].id;
-                    res->top[j].logprob = top[j].v - lse;
-                }
-                res->n_top = k;
-            }
-        }
+        if (p->temperature >= SAMPLING_EPS)
+            res->token = sample_random(s, logits, m, &sum_exp);
+        if (sum_exp >= 0 || !p->skip_logprob || p->n_logprobs > 0)
+            put_logprobs(p, logits, n, m, sum_exp, res);
     }
 
     touch(s, res->token);

@@ -91,6 +91,7 @@ struct eng_engine {
     int stopping, draining;
     eng_request *queue_head, *queue_tail;
     uint32_t n_queued;
+    int cancel_pending;                 /* a cancel since the last sweep of the queue */
     eng_request *running;               /* list, admission order */
     uint32_t n_running;
     uint64_t next_seq_no;
@@ -244,12 +245,16 @@ static int emit_token(eng_engine *e, eng_request *r, const eng_sample_result *re
 /* Blocks a sequence needs to hold positions [0, upto). */
 static uint32_t blocks_for(uint32_t upto) { return (upto + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS; }
 
+/* The full blocks before r's last token: those the prefix cache may hold (the last token is
+ * always computed: it produces the logits). */
+static uint32_t lookup_blocks(const eng_request *r) { return (r->n_tokens - 1) / ENG_BLOCK_TOKENS; }
+
 /* e->lock held. Reuse cached prefix blocks for r (from n_blocks == 0), stopping at the first
  * miss. */
 static void take_prefix(eng_engine *e, eng_request *r)
 {
     r->last_key = ENG_KV_ROOT;
-    while ((r->n_blocks + 1) * ENG_BLOCK_TOKENS < r->n_tokens) { /* keep >= 1 token to compute */
+    while (r->n_blocks < lookup_blocks(r)) {
         uint64_t key;
         int32_t id = eng_kv_lookup(e->kv, r->last_key, r->tokens + r->n_blocks * ENG_BLOCK_TOKENS, &key);
         if (id < 0)
@@ -334,7 +339,7 @@ static void admit(eng_engine *e)
         if (!r->admitted) { /* its first admission (a recompute after preemption is not a lookup of its prompt) */
             r->admitted = 1;
             e->stats.prefix_hits += r->n_blocks;
-            e->stats.prefix_misses += (r->n_tokens - 1) / ENG_BLOCK_TOKENS - r->n_blocks;
+            e->stats.prefix_misses += lookup_blocks(r) - r->n_blocks;
             pthread_mutex_lock(&r->lock);
             r->queue_s = now_s() - r->t_submit;
             r->n_cached = r->n_computed;
@@ -414,7 +419,10 @@ static void reap_cancelled(eng_engine *e)
             finish(e, r, ENG_FINISH_CANCELLED, NULL);
         }
     }
-    eng_request *prev = NULL; /* the queue too (at most --max-queue: nothing beside a forward pass) */
+    if (!e->cancel_pending) /* the queue only after a cancel: it may be long */
+        return;
+    e->cancel_pending = 0;
+    eng_request *prev = NULL;
     for (eng_request *r = e->queue_head, *next; r; r = next) {
         next = r->next;
         if (!atomic_load(&r->cancel)) {
@@ -785,6 +793,7 @@ void eng_request_cancel(eng_request *r)
     eng_engine *e = r->e;
     atomic_store(&r->cancel, 1);
     pthread_mutex_lock(&e->lock);
+    e->cancel_pending = 1; /* after r->cancel: the sweep that clears it sees r, wherever r is */
     pthread_cond_signal(&e->wake);
     pthread_mutex_unlock(&e->lock);
 }

@@ -1047,13 +1047,21 @@ uint32_t eng_vocab_size(const eng_tokenizer *t)
     return t->v.n_tokens;
 }
 
+/* The decoded bytes of token id (in range): what it adds to output text. */
+static inline const char *dec_piece(const eng_tokenizer *t, int32_t id, size_t *len)
+{
+    *len = t->dec_off[id + 1] - t->dec_off[id];
+    return t->dec_blob + t->dec_off[id];
+}
+
 size_t eng_token_bytes(const eng_tokenizer *t, int32_t id, char *buf, size_t cap)
 {
     if (id < 0 || (uint32_t)id >= t->v.n_tokens)
         return 0;
-    size_t n = t->dec_off[id + 1] - t->dec_off[id];
+    size_t n;
+    const char *p = dec_piece(t, id, &n);
     if (buf)
-        memcpy(buf, t->dec_blob + t->dec_off[id], n < cap ? n : cap);
+        memcpy(buf, p, n < cap ? n : cap);
     return n;
 }
 
@@ -1098,6 +1106,17 @@ int32_t eng_token_eos(const eng_tokenizer *t)
 static inline bool strips_first_space(const eng_tokenizer *t)
 {
     return t->v.model == SNAP_TOK_SPM && t->v.add_space_prefix;
+}
+
+/* While *first is set, the first piece with text clears it and, where the tokenizer strips,
+ * loses a leading space. */
+static inline void skip_first_space(const eng_tokenizer *t, int *first, const char **p, size_t *len)
+{
+    if (!*len || !*first)
+        return;
+    *first = 0;
+    if (strips_first_space(t) && (*p)[0] == ' ')
+        (*p)++, (*len)--;
 }
 
 void eng_detok_init(eng_detok *d, int follows_text)
@@ -1172,18 +1191,12 @@ size_t eng_detok_push(const eng_tokenizer *t, eng_detok *d, int32_t id, char *ou
 {
     if (id < 0 || (uint32_t)id >= t->v.n_tokens)
         return 0;
-    const uint8_t *p = (const uint8_t *)t->dec_blob + t->dec_off[id];
-    size_t len = t->dec_off[id + 1] - t->dec_off[id];
-    if (len && d->first) {
-        d->first = 0;
-        if (strips_first_space(t) && p[0] == ' ') {
-            p++;
-            len--;
-        }
-    }
+    size_t len;
+    const char *p = dec_piece(t, id, &len);
+    skip_first_space(t, &d->first, &p, &len);
     detok_w w = {out, cap, 0};
     for (size_t i = 0; i < len; i++)
-        detok_byte(d, p[i], &w);
+        detok_byte(d, (uint8_t)p[i], &w);
     return w.n;
 }
 
@@ -1199,25 +1212,14 @@ size_t eng_detok_flush(eng_detok *d, char *out, size_t cap)
 size_t eng_detokenize(const eng_tokenizer *t, const int32_t *ids, size_t n, int keep_special, char *out, size_t cap)
 {
     detok_w w = {out, cap, 0};
-    bool strip = strips_first_space(t);
+    int first = 1; /* only the start of the whole text loses its space */
     for (size_t i = 0; i < n; i++) {
         if (ids[i] < 0 || (uint32_t)ids[i] >= t->v.n_tokens)
             continue;
         size_t len;
-        const char *p;
-        if (keep_special && eng_token_is_control(t, ids[i])) {
-            p = tok_text(t, (uint32_t)ids[i], &len);
-        } else {
-            p = t->dec_blob + t->dec_off[ids[i]];
-            len = t->dec_off[ids[i] + 1] - t->dec_off[ids[i]];
-        }
-        if (len && strip) { /* only the start of the whole text loses its space */
-            strip = false;
-            if (p[0] == ' ') {
-                p++;
-                len--;
-            }
-        }
+        const char *p = keep_special && eng_token_is_control(t, ids[i]) ? tok_text(t, (uint32_t)ids[i], &len)
+                                                                          : dec_piece(t, ids[i], &len);
+        skip_first_space(t, &first, &p, &len);
         w_bytes(&w, p, len);
     }
     return w.n;

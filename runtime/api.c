@@ -368,12 +368,11 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
         /* end the text where the final message's content ends, found as transformers (and so
          * vLLM) find it: the last place of the content stripped of surrounding whitespace;
          * its trailing whitespace stays when the template kept it */
-        const char *c = cm[n - 1].content, *lead = c, *end = c + strlen(c);
-        while (*lead && strchr(" \t\n\r\f\v", *lead))
-            lead++;
-        while (end > lead && strchr(" \t\n\r\f\v", end[-1]))
-            end--;
-        size_t k = (size_t)(end - lead), k_lead = strlen(lead);
+        const char *c = cm[n - 1].content;
+        size_t from, to;
+        eng_chat_strip(c, strlen(c), &from, &to);
+        const char *lead = c + from;
+        size_t k = to - from, k_lead = strlen(lead);
         long at = -1;
         for (long j = need - (long)k; j >= 0 && at < 0; j--)
             if (!memcmp(*text + j, lead, k))
@@ -774,21 +773,23 @@ static void cmpl_lp_add(cmpl_lp *c, const eng_tokenizer *tok, int32_t token, con
     rt_buf_printf(&c->offsets, "%s%zu", sep, off);
     /* the top candidates and, as OpenAI's legacy completions do, the sampled token when it
      * is not among them (so up to logprobs + 1 entries) */
+    eng_token_logprob top[1 + ENG_MAX_LOGPROBS];
+    uint32_t n = 0;
+    int sampled_in = 0;
+    for (uint32_t i = 0; s && i < s->n_top; i++) {
+        top[n++] = s->top[i];
+        sampled_in |= s->top[i].token == token;
+    }
+    if (s && !sampled_in)
+        top[n++] = (eng_token_logprob){token, s->logprob};
     rt_buf_puts(&c->top, sep);
     rt_buf_puts(&c->top, "{");
-    int sampled_in = 0;
-    uint32_t n_top = s ? s->n_top : 0;
-    for (uint32_t i = 0; i <= n_top; i++) {
-        int32_t id = i < n_top ? s->top[i].token : token;
-        if (i == n_top && (sampled_in || !s))
-            break;
-        sampled_in |= id == token;
-        k = token_bytes(tok, id, t, sizeof t);
-        if (i)
-            rt_buf_puts(&c->top, ",");
+    for (uint32_t i = 0; i < n; i++) {
+        k = token_bytes(tok, top[i].token, t, sizeof t);
+        rt_buf_puts(&c->top, i ? "," : "");
         rt_buf_json_str(&c->top, t, k);
         rt_buf_puts(&c->top, ":");
-        logprob_num(&c->top, i < n_top ? s->top[i].logprob : s->logprob);
+        logprob_num(&c->top, top[i].logprob);
     }
     rt_buf_puts(&c->top, "}");
 }

@@ -33,7 +33,29 @@
         CHECK(rc_ == 0);                                                                               \
     } while (0)
 
+/* a normalised error within bound; over it, what was compared (printf arguments) and the error
+ * are printed */
+#define CHECK_NERR(e, bound, ...)                                                                      \
+    do {                                                                                               \
+        double e_ = (e);                                                                               \
+        if (!(e_ <= (bound))) {                                                                        \
+            fprintf(stderr, "  ");                                                                     \
+            fprintf(stderr, __VA_ARGS__);                                                              \
+            fprintf(stderr, ": normalised error %.3g\n", e_);                                          \
+        }                                                                                              \
+        CHECK(e_ <= (bound));                                                                          \
+    } while (0)
+
 static char tmp_dir[64];
+
+/* a weight row . x in double */
+static double ref_dot(const float *w, const float *x, uint64_t n)
+{
+    double s = 0;
+    for (uint64_t i = 0; i < n; i++)
+        s += (double)w[i] * x[i];
+    return s;
+}
 static int quick;
 
 static double nerr(const float *a, const float *ref, uint64_t n)
@@ -163,20 +185,14 @@ static void test_kernels_matmul(void)
                 const float *xr = pass == 0 && q8x ? xq : x;
                 float *out = pass == 0 ? ref : ref_exact;
                 for (uint32_t t = 0; t < T; t++)
-                    for (uint64_t r = 0; r < rows; r++) {
-                        double s = bias[r];
-                        for (uint64_t i = 0; i < cols; i++)
-                            s += (double)w[r * cols + i] * xr[t * cols + i];
-                        out[t * rows + r] = (float)s;
-                    }
+                    for (uint64_t r = 0; r < rows; r++)
+                        out[t * rows + r] = (float)(ref_dot(w + r * cols, xr + t * cols, cols) + bias[r]);
             }
             CHECK_RUN(ecu_gemv(&m, dx, cols, T, dy, rows, db, NULL, &err));
             CHECK_INT(ecu_sync(), 0);
             ecu_d2h(got, dy, T * rows * 4);
-            double e = nerr(got, ref, T * rows);
-            if (!(e <= 1e-5))
-                fprintf(stderr, "  gemv %s/%u T=%u: normalised error %.3g\n", snap_dtype_name(types[k][0]), types[k][1], T, e);
-            CHECK(e <= 1e-5);
+            CHECK_NERR(nerr(got, ref, T * rows), 1e-5, "gemv %s/%u T=%u", snap_dtype_name(types[k][0]), types[k][1],
+                       T);
             if (q8x) { /* what the int8 activations cost against f32 ones */
                 double ex = nerr(got, ref_exact, T * rows);
                 if (T == 1)
@@ -190,10 +206,7 @@ static void test_kernels_matmul(void)
         ecu_d2h(h, dh, rows * cols * 2);
         for (uint64_t i = 0; i < rows * cols; i++)
             deq[i] = snap_f16_to_f32(h[i]);
-        double e = nerr(deq, w, rows * cols);
-        if (!(e <= 1e-3))
-            fprintf(stderr, "  dequant %s/%u: normalised error %.3g\n", snap_dtype_name(types[k][0]), types[k][1], e);
-        CHECK(e <= 1e-3);
+        CHECK_NERR(nerr(deq, w, rows * cols), 1e-3, "dequant %s/%u", snap_dtype_name(types[k][0]), types[k][1]);
         /* embedding rows 7 and 300 */
         int32_t toks[2] = {7, 300};
         int32_t *dt = ecu_malloc(sizeof toks);
@@ -218,14 +231,6 @@ static void test_kernels_matmul(void)
  * RMSNorm folded into the input and with the residual add into the output, and the gate/up
  * pair with SwiGLU, against f64 on the same dequantized weights and int8-quantized
  * activations; rows of odd counts, 8288 columns. */
-static double ref_dot(const float *w, const float *x, uint64_t n)
-{
-    double s = 0;
-    for (uint64_t i = 0; i < n; i++)
-        s += (double)w[i] * x[i];
-    return s;
-}
-
 static void test_kernels_gemv_fused(void)
 {
     const uint64_t cols = 8288, rows[3] = {333, 64, 95};
@@ -297,11 +302,8 @@ static void test_kernels_gemv_fused(void)
                             ref[t * rows[k] + r] = (float)(ref_dot(w[k] + r * cols, xr + t * cols, cols) +
                                                            (k != 1 ? bias[r] : 0) + (var == 2 ? prev[t * rows[k] + r] : 0));
                     ecu_d2h(got, dy[k], T * rows[k] * 4);
-                    double e = nerr(got, ref, T * rows[k]);
-                    if (!(e <= 1e-5))
-                        fprintf(stderr, "  gemv_multi %s variant %d matrix %d T=%u: normalised error %.3g\n",
-                                snap_dtype_name(dtypes[d]), var, k, T, e);
-                    CHECK(e <= 1e-5);
+                    CHECK_NERR(nerr(got, ref, T * rows[k]), 1e-5, "gemv_multi %s variant %d matrix %d T=%u",
+                               snap_dtype_name(dtypes[d]), var, k, T);
                 }
             }
             /* gate = matrix 0, up = mu; without and with the norm */
@@ -316,11 +318,8 @@ static void test_kernels_gemv_fused(void)
                         ref[t * rows[0] + r] = (float)(g / (1.0 + exp(-g)) * u);
                     }
                 ecu_d2h(got, dy[0], T * rows[0] * 4);
-                double e = nerr(got, ref, T * rows[0]);
-                if (!(e <= 1e-5))
-                    fprintf(stderr, "  gemv_swiglu %s variant %d T=%u: normalised error %.3g\n", snap_dtype_name(dtypes[d]),
-                            var, T, e);
-                CHECK(e <= 1e-5);
+                CHECK_NERR(nerr(got, ref, T * rows[0]), 1e-5, "gemv_swiglu %s variant %d T=%u",
+                           snap_dtype_name(dtypes[d]), var, T);
             }
         }
         for (int k = 0; k < 3; k++)
@@ -365,10 +364,7 @@ static void test_kernels_gemv_large(void)
             for (uint64_t r = 0; r < rows; r++)
                 ref[t * rows + r] = (float)ref_dot(w + r * cols, xq + t * cols, cols);
         ecu_d2h(got, dy, T * rows * 4);
-        double e = nerr(got, ref, T * rows);
-        if (!(e <= 1e-5))
-            fprintf(stderr, "  gemv 5000 x 16384 T=%u: normalised error %.3g\n", T, e);
-        CHECK(e <= 1e-5);
+        CHECK_NERR(nerr(got, ref, T * rows), 1e-5, "gemv 5000 x 16384 T=%u", T);
     }
     CHECK_RUN(ecu_dequant_f16(&m, r0, nr, dh, NULL, &err));
     CHECK_INT(ecu_sync(), 0);
@@ -440,10 +436,7 @@ static void test_kernels_attention(void)
         CHECK_RUN(ecu_attention(&as, &kb, T, dq, dkc, dvc, dout, NULL, &err));
         CHECK_INT(ecu_sync(), 0);
         ecu_d2h(got, dout, T * H * D * 4);
-        double e = nerr(got, ref, (uint64_t)T * H * D);
-        if (!(e <= 1e-5))
-            fprintf(stderr, "  attention head_dim %u: normalised error %.3g\n", D, e);
-        CHECK(e <= 1e-5);
+        CHECK_NERR(nerr(got, ref, (uint64_t)T * H * D), 1e-5, "attention head_dim %u", D);
         ecu_free(dkc), ecu_free(dvc), ecu_free(dq), ecu_free(dout);
         ecu_free(dpos), ecu_free(dblocks), ecu_free(dseq), ecu_free(doff);
         free(kc), free(vc), free(q), free(ref), free(got), free(p);

@@ -183,6 +183,72 @@ static void test_prefix_cache_reuse(void)
     eng_model_close(m);
 }
 
+/* ---- tiny-model helpers ------------------------------------------------------------------ */
+
+/* The tiny model packed (quant: SNAP_QUANT_*) to a temporary snapshot named by
+ * tag, opened with a pool of kv_blocks blocks (0: the default) and an n_ctx-token context. */
+static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t quant, uint32_t kv_blocks,
+                             uint32_t n_ctx)
+{
+    snprintf(path, cap, "%s/thaw-%s-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag, (int)getpid());
+    snap_err serr;
+    snap_pack_opts po = {.quant = quant};
+    if (snap_pack("tests/data/hf/llama-tiny", path, &po, &serr) != 0) {
+        fprintf(stderr, "  pack: %s\n", serr.msg);
+        return NULL;
+    }
+    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16: 2 layers, 2 KV heads of 16 */
+    return open_model(path, per_block * kv_blocks, n_ctx);
+}
+
+/* An engine (opts, NULL: the defaults) on tiny_model's model, returned in *m; NULL on failure. */
+static eng_engine *tiny_engine(char *path, size_t cap, const char *tag, uint32_t quant, uint32_t kv_blocks,
+                               uint32_t n_ctx, const eng_engine_opts *opts, eng_model **m)
+{
+    eng_engine *e = NULL;
+    eng_err err;
+    if (!(*m = tiny_model(path, cap, tag, quant, kv_blocks, n_ctx)))
+        return NULL;
+    if (eng_engine_create(*m, opts, &e, &err) != 0)
+        fprintf(stderr, "  engine: %s\n", err.msg);
+    return e;
+}
+
+/* The end of a test: the engine idle with its invariants whole, then everything closed (and
+ * the packed snapshot at path, when given, removed). */
+static void close_all(eng_engine *e, eng_model *m, const char *path)
+{
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    if (path)
+        unlink(path);
+}
+
+static eng_request *submit_n(eng_engine *e, uint32_t n_prompt, uint32_t max_tokens)
+{
+    static int32_t prompt[2048];
+    for (uint32_t i = 0; i < n_prompt; i++)
+        prompt[i] = (int32_t)(3 + i % 290);
+    eng_request_params p = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens, .ignore_eos = 1};
+    eng_sampling_defaults(&p.sampling);
+    eng_request *r = NULL;
+    eng_err err;
+    if (eng_submit(e, &p, &r, &err) != 0)
+        fprintf(stderr, "  submit: %s\n", err.msg);
+    return r;
+}
+
+/* Reads r's events until done (timeout_ms < 0) or until none is waiting (0); 1 if done. */
+static int read_events(eng_request *r, int timeout_ms, eng_event *ev)
+{
+    while (eng_request_next(r, ev, timeout_ms))
+        if (ev->done)
+            return 1;
+    return 0;
+}
+
 /* ---- stress on a tiny model ------------------------------------------------------------ */
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -197,18 +263,12 @@ static uint32_t rnd(uint32_t n)
 static void test_random_requests_no_leak(void)
 {
     char path[256];
-    snprintf(path, sizeof path, "%s/thaw-sched-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
-    snap_err serr;
-    snap_pack_opts po = {.quant = SNAP_QUANT_Q8};
-    REQUIRE(snap_pack("tests/data/hf/llama-tiny", path, &po, &serr) == 0);
     /* a small pool so that preemption and eviction happen */
-    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16 */
-    eng_model *m = open_model(path, per_block * 40, 256);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
     eng_engine_opts o = {.max_seqs = 8, .max_batch_tokens = 48, .max_queue = 2000};
-    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_model *m = NULL;
+    eng_engine *e = tiny_engine(path, sizeof path, "sched", SNAP_QUANT_Q8, 40, 256, &o, &m);
+    REQUIRE(e != NULL);
+    eng_err err;
     enum { N = 1000 };
     static eng_request *reqs[N];
     int32_t prompt[200];
@@ -232,8 +292,7 @@ static void test_random_requests_no_leak(void)
         if (i >= 50 && reqs[i - 50]) {
             eng_event ev;
             if (rnd(2)) {
-                while (eng_request_next(reqs[i - 50], &ev, -1) && !ev.done)
-                    ;
+                read_events(reqs[i - 50], -1, &ev);
                 n_ok += ev.finish == ENG_FINISH_LENGTH;
                 n_cancelled += ev.finish == ENG_FINISH_CANCELLED;
                 n_error += ev.finish == ENG_FINISH_ERROR;
@@ -267,15 +326,11 @@ static void test_random_requests_no_leak(void)
 static void test_queue_full_and_drain(void)
 {
     char path[256];
-    snprintf(path, sizeof path, "%s/thaw-sched2-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
-    snap_err serr;
-    REQUIRE(snap_pack("tests/data/hf/llama-tiny", path, NULL, &serr) == 0);
-    eng_model *m = open_model(path, 0, 256);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
     eng_engine_opts o = {.max_seqs = 1, .max_queue = 2};
-    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_model *m = NULL;
+    eng_engine *e = tiny_engine(path, sizeof path, "sched2", SNAP_QUANT_Q4, 0, 256, &o, &m);
+    REQUIRE(e != NULL);
+    eng_err err;
     int32_t prompt[4] = {5, 6, 7, 8};
     eng_request_params p = {.prompt = prompt, .n_prompt = 4, .max_tokens = 200, .ignore_eos = 1};
     eng_sampling_defaults(&p.sampling);
@@ -384,55 +439,6 @@ static void test_kv_churn(void)
 
 /* ---- scheduling rules on a tiny model ----------------------------------------------------- */
 
-/* The tiny model packed to a temporary snapshot, opened with a pool of kv_blocks blocks (0:
- * the default) and a 2048-token context. */
-static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t kv_blocks)
-{
-    snprintf(path, cap, "%s/thaw-%s-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag, (int)getpid());
-    snap_err serr;
-    if (snap_pack("tests/data/hf/llama-tiny", path, NULL, &serr) != 0) {
-        fprintf(stderr, "  pack: %s\n", serr.msg);
-        return NULL;
-    }
-    uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16: 2 layers, 2 KV heads of 16 */
-    return open_model(path, per_block * kv_blocks, 2048);
-}
-
-/* The end of a test: the engine idle with its invariants whole, then everything closed (and
- * the packed snapshot at path, when given, removed). */
-static void close_all(eng_engine *e, eng_model *m, const char *path)
-{
-    CHECK(eng_engine_wait_idle(e, 10000));
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
-    if (path)
-        unlink(path);
-}
-
-static eng_request *submit_n(eng_engine *e, uint32_t n_prompt, uint32_t max_tokens)
-{
-    static int32_t prompt[2048];
-    for (uint32_t i = 0; i < n_prompt; i++)
-        prompt[i] = (int32_t)(3 + i % 290);
-    eng_request_params p = {.prompt = prompt, .n_prompt = n_prompt, .max_tokens = max_tokens, .ignore_eos = 1};
-    eng_sampling_defaults(&p.sampling);
-    eng_request *r = NULL;
-    eng_err err;
-    if (eng_submit(e, &p, &r, &err) != 0)
-        fprintf(stderr, "  submit: %s\n", err.msg);
-    return r;
-}
-
-/* Reads r's events until done (timeout_ms < 0) or until none is waiting (0); 1 if done. */
-static int read_events(eng_request *r, int timeout_ms, eng_event *ev)
-{
-    while (eng_request_next(r, ev, timeout_ms))
-        if (ev->done)
-            return 1;
-    return 0;
-}
-
 /* A queued request that is cancelled ends at once and gives its queue place back, though the
  * sequence running ahead of it is far from done (2000 tokens of the default model: seconds,
  * against the one step the cancel takes). */
@@ -472,12 +478,10 @@ static void test_cancel_queued(void)
 static void test_preempts_newest(void)
 {
     char path[256];
-    eng_model *m = tiny_model(path, sizeof path, "newest", 20);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
     eng_engine_opts o = {.max_seqs = 4, .max_batch_tokens = 16};
-    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_model *m = NULL;
+    eng_engine *e = tiny_engine(path, sizeof path, "newest", SNAP_QUANT_Q4, 20, 2048, &o, &m);
+    REQUIRE(e != NULL);
     /* a: 204 positions (13 blocks); b, arriving later: 250 (16); together more than 20 */
     eng_request *a = submit_n(e, 4, 200);
     REQUIRE(a);
@@ -507,12 +511,11 @@ static void test_preempts_newest(void)
 static void test_pool_smaller_than_context(void)
 {
     char path[256];
-    eng_model *m = tiny_model(path, sizeof path, "smallpool", 4);
-    REQUIRE(m != NULL);
-    CHECK_INT(eng_model_n_ctx(m), 4 * ENG_BLOCK_TOKENS);
-    eng_engine *e = NULL;
+    eng_model *m = NULL;
+    eng_engine *e = tiny_engine(path, sizeof path, "smallpool", SNAP_QUANT_Q4, 4, 2048, NULL, &m);
+    REQUIRE(e != NULL);
     eng_err err;
-    REQUIRE(eng_engine_create(m, NULL, &e, &err) == 0);
+    CHECK_INT(eng_model_n_ctx(m), 4 * ENG_BLOCK_TOKENS);
     for (int round = 0; round < 20; round++) {
         eng_request *big = submit_n(e, 10, 200), *small = submit_n(e, 3, 4);
         REQUIRE(big && small);

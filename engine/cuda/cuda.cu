@@ -86,7 +86,6 @@ typedef struct ecu_ctx {
     /* scratch */
     float *x, *xb, *q, *kx, *vx, *att, *g, *u, *logits;
     void *xh, *wt;
-    uint64_t widest;
     uint8_t *d_meta, *h_meta;          /* batch metadata, device and pinned host mirror */
     uint64_t meta_bytes;
     uint32_t max_block_entries;
@@ -622,7 +621,7 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
     if (n_dev <= 0)
         return eng_fail(err, ENG_EUNSUPPORTED, "cuda: no CUDA device found");
     uint32_t hd = snap_get_config(f)->head_dim;
-    if (hd != 64 && hd != 128 && hd != 256)
+    if (!ecu_attention_ok(hd))
         return eng_fail(err, ENG_EUNSUPPORTED, "cuda: head_dim %u (the CUDA backend takes 64, 128 or 256)", hd);
     ecu_ctx *cx = (ecu_ctx *)calloc(1, sizeof *cx);
     if (!cx)
@@ -715,7 +714,6 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
         uint64_t widest = E > QD ? E : QD;
         if (c->n_ff > widest)
             widest = c->n_ff;
-        cx->widest = widest;
         struct { float **p; uint64_t n; } bufs[] = {
             {&cx->x, T * E}, {&cx->xb, T * widest}, {&cx->q, T * QD}, {&cx->kx, T * KD}, {&cx->vx, T * KD},
             {&cx->att, T * widest}, {&cx->g, T * (uint64_t)c->n_ff}, {&cx->u, T * (uint64_t)c->n_ff},
@@ -744,6 +742,7 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
         uint64_t nb = budget / per_block;
         if (nb > (1u << 30))
             nb = 1u << 30;
+        /* (stricter than engine/model.c, which shortens the context to a smaller pool on CPU) */
         uint64_t need = (cx->max_ctx + ENG_BLOCK_TOKENS - 1) / ENG_BLOCK_TOKENS;
         if (nb < need) {
             rc = eng_fail(err, ENG_ENOMEM,

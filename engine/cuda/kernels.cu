@@ -554,11 +554,15 @@ extern "C" int ecu_prepare(void)
     return e == cudaSuccess ? 0 : -1;
 }
 
+static bool is_split_quant(const ecu_mat *m)
+{
+    return m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8);
+}
+
 /* SPLIT q4/q8, and x of ECU_GEMV_MAX_TOKENS tokens quantized fits in shared memory */
 static bool g2_fits(const ecu_mat *m)
 {
-    return m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8) &&
-           g2_smem_bytes(ECU_GEMV_MAX_TOKENS, m->cols / 32) <= g2_smem_max();
+    return is_split_quant(m) && g2_smem_bytes(ECU_GEMV_MAX_TOKENS, m->cols / 32) <= g2_smem_max();
 }
 
 /* Row groups from the stacked rows (PAIR: the gate's rows, R / 2 of them per group). */
@@ -583,8 +587,6 @@ static g2_args g2_setup(uint32_t n, const ecu_mat *m, const float *d_x, uint64_t
         a.ldy[i] = m[i].rows;
         a.row0[i + 1] = a.row0[i] + m[i].rows;
     }
-    for (uint32_t i = n + 1; i < 4; i++)
-        a.row0[i] = a.row0[n];
     a.x = d_x;
     a.ldx = ldx;
     a.cols = m[0].cols;
@@ -712,7 +714,7 @@ __global__ void dequant_split_kernel(ecu_mat m, uint64_t r0, uint64_t n_rows, __
 
 extern "C" int ecu_dequant_f16(const ecu_mat *m, uint64_t r0, uint64_t n_rows, void *d_out, void *stream, eng_err *err)
 {
-    if (m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8)) {
+    if (is_split_quant(m)) {
         unsigned grid = grid_for(n_rows * (m->cols / 32) * 4, 256);
         if (m->dtype == SNAP_Q4)
             dequant_split_kernel<16><<<grid, 256, 0, st(stream)>>>(*m, r0, n_rows, (__half *)d_out);
@@ -1015,6 +1017,8 @@ extern "C" int ecu_attention(const ecu_attn_shape *s, const ecu_kv_batch *kb, ui
                         s->head_dim);
     }
 }
+
+extern "C" int ecu_attention_ok(uint32_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 

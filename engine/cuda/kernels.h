@@ -88,6 +88,7 @@ int ecu_rope_store(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_t
 /* out [T][H*D] = softmax(q k^T / sqrt(D)) v over positions 0..pos of each token's sequence. */
 int ecu_attention(const ecu_attn_shape *s, const ecu_kv_batch *kb, uint32_t n_tokens, const float *d_q,
                   const void *d_kc, const void *d_vc, float *d_out, void *stream, eng_err *err);
+int ecu_attention_ok(uint32_t head_dim); /* the head sizes ecu_attention takes (64, 128, 256) */
 
 /* Once per process, with the device's context current, before any launch: sets the kernels'
  * shared-memory limits (0 or -1). */
