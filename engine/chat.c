@@ -12,6 +12,12 @@
  *            that text in ct->default_system (read from the template itself).
  *   llama3   Meta-Llama-3-*-Instruct: BOS, then per message a header and the content trimmed
  *            (Jinja's `trim`, i.e. Python's str.strip(): Unicode whitespace).
+ *   llama3.1 Llama-3.1/3.2/3.3-*-Instruct (templates that write "Cutting Knowledge Date"): as
+ *            llama3, but a system block always comes first: the knowledge and today's dates,
+ *            then the conversation's system message (trimmed) if it starts with one. "Today" is
+ *            the template's date_string default ("26 Jul 2024" in 3.1 and 3.3), or the local
+ *            date when the template calls strftime_now (3.2), as transformers renders it. Tool
+ *            definitions and tool calls are not rendered (thaw has no tools).
  *   llama2   Llama-2-*-chat-hf: "<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {a} </s>",
  *            each turn stripped as a whole (so an empty first user message eats the "\n\n").
  *   mistral  Mistral-7B-Instruct-v0.1/v0.2 and Mixtral-8x7B-Instruct-v0.1 as first published:
@@ -27,6 +33,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -147,11 +154,12 @@ static void put_stripped1(out_buf *o, const char *s)
 /* ---------------------------------------------------------------------------------------
  * Recognising the family, and ChatML's default system prompt
  * --------------------------------------------------------------------------------------- */
-static const char *const kind_names[] = {NULL, "chatml", "llama3", "llama2", "mistral"};
+static const char *const kind_names[ENG_CHAT_N_KINDS] = {NULL, "chatml", "llama3", "llama2", "mistral", "llama3.1"};
+#define KIND_LIST "chatml, llama3, llama3.1, llama2, mistral"
 
 const char *eng_chat_kind_name(int kind)
 {
-    if (kind >= ENG_CHAT_CHATML && kind <= ENG_CHAT_MISTRAL)
+    if (kind >= ENG_CHAT_CHATML && kind < ENG_CHAT_N_KINDS)
         return kind_names[kind];
     return "unknown";
 }
@@ -227,10 +235,33 @@ static int chatml_default_system(const char *text, char *out, size_t cap, eng_er
     return 0;
 }
 
+/* Llama 3.1's "Today Date:": the literal the template sets date_string to when the caller
+ * passes none (`set date_string = "26 Jul 2024"`), that date when the template has no such
+ * literal (or none was given), and today's when it calls strftime_now. */
+static void llama31_date(eng_chat_template *ct, const char *text)
+{
+    strcpy(ct->date, "26 Jul 2024");
+    if (!text)
+        return;
+    ct->date_today = strstr(text, "strftime_now") != NULL;
+    const char *p = strstr(text, "set date_string = ");
+    if (!p)
+        return;
+    p += strlen("set date_string = ");
+    if (*p != '"' && *p != '\'')
+        return;
+    const char *e = strchr(p + 1, *p);
+    if (e && (size_t)(e - p - 1) < sizeof ct->date) {
+        memcpy(ct->date, p + 1, (size_t)(e - p - 1));
+        ct->date[e - p - 1] = 0;
+    }
+}
+
 static void set_tokens(eng_chat_template *ct)
 {
     switch (ct->kind) {
     case ENG_CHAT_LLAMA3:
+    case ENG_CHAT_LLAMA31:
         strcpy(ct->bos, "<|begin_of_text|>");
         break;
     case ENG_CHAT_LLAMA2:
@@ -248,28 +279,30 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
 {
     memset(ct, 0, sizeof *ct);
     if (override_name) {
-        for (int k = ENG_CHAT_CHATML; k <= ENG_CHAT_MISTRAL; k++)
+        for (int k = ENG_CHAT_CHATML; k < ENG_CHAT_N_KINDS; k++)
             if (strcmp(override_name, kind_names[k]) == 0)
                 ct->kind = k;
         if (!ct->kind) {
-            eng_fail(err, ENG_EINVAL, "--chat-template: unknown template '%.64s' (valid: chatml, llama3, llama2, mistral)",
+            eng_fail(err, ENG_EINVAL, "--chat-template: unknown template '%.64s' (valid: " KIND_LIST ")",
                     override_name);
             return ENG_EINVAL;
         }
     } else if (template_text && strstr(template_text, "<|im_start|>")) {
         ct->kind = ENG_CHAT_CHATML;
     } else if (template_text && strstr(template_text, "<|start_header_id|>")) {
-        ct->kind = ENG_CHAT_LLAMA3;
+        ct->kind = strstr(template_text, "Cutting Knowledge Date") ? ENG_CHAT_LLAMA31 : ENG_CHAT_LLAMA3;
     } else if (template_text && strstr(template_text, "<<SYS>>")) {
         ct->kind = ENG_CHAT_LLAMA2;
     } else if (template_text && strstr(template_text, "[INST]")) {
         ct->kind = ENG_CHAT_MISTRAL;
     } else {
-        eng_fail(err, ENG_EINVAL, "%s; choose one with --chat-template chatml|llama3|llama2|mistral",
+        eng_fail(err, ENG_EINVAL, "%s; choose one with --chat-template chatml|llama3|llama3.1|llama2|mistral",
                 template_text && template_text[0] ? "unrecognised chat template" : "the model has no chat template");
         return ENG_EUNSUPPORTED;
     }
     set_tokens(ct);
+    if (ct->kind == ENG_CHAT_LLAMA31)
+        llama31_date(ct, override_name ? NULL : template_text);
     if (ct->kind == ENG_CHAT_CHATML && template_text) {
         int rc = chatml_default_system(template_text, ct->default_system, sizeof ct->default_system, err);
         if (rc != 0)
@@ -347,10 +380,33 @@ static void render_chatml(const eng_chat_template *ct, const eng_chat_msg *msgs,
         puts_(o, "<|im_start|>assistant\n");
 }
 
+/* Llama 3.1's system block: the dates, then the conversation's own system message. Returns
+ * the index of the first message after it. */
+static size_t llama31_system(const eng_chat_template *ct, const eng_chat_msg *msgs, out_buf *o)
+{
+    char today[32];
+    const char *date = ct->date;
+    time_t now = time(NULL);
+    struct tm tm;
+    if (ct->date_today && localtime_r(&now, &tm) && strftime(today, sizeof today, "%d %b %Y", &tm) > 0)
+        date = today; /* transformers' strftime_now: local time; thaw never sets a locale, so "C" names */
+    puts_(o, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: ");
+    puts_(o, date);
+    puts_(o, "\n\n");
+    size_t i0 = 0;
+    if (role_of(msgs[0].role) == ROLE_SYSTEM) {
+        put_stripped1(o, content_of(&msgs[0]));
+        i0 = 1;
+    }
+    puts_(o, "<|eot_id|>");
+    return i0;
+}
+
 static void render_llama3(const eng_chat_template *ct, const eng_chat_msg *msgs, size_t n, int gen, out_buf *o)
 {
     puts_(o, ct->bos);
-    for (size_t i = 0; i < n; i++) {
+    size_t i0 = ct->kind == ENG_CHAT_LLAMA31 ? llama31_system(ct, msgs, o) : 0;
+    for (size_t i = i0; i < n; i++) {
         puts_(o, "<|start_header_id|>");
         puts_(o, msgs[i].role);
         puts_(o, "<|end_header_id|>\n\n");
@@ -426,7 +482,8 @@ long eng_chat_render(const eng_chat_template *ct, const eng_chat_msg *msgs, size
     out_buf o = {out, out ? cap : 0, 0};
     switch (ct->kind) {
     case ENG_CHAT_CHATML: render_chatml(ct, msgs, n, add_generation_prompt, &o); break;
-    case ENG_CHAT_LLAMA3: render_llama3(ct, msgs, n, add_generation_prompt, &o); break;
+    case ENG_CHAT_LLAMA3:
+    case ENG_CHAT_LLAMA31: render_llama3(ct, msgs, n, add_generation_prompt, &o); break;
     case ENG_CHAT_LLAMA2: render_llama2(ct, msgs, n, &o); break;
     case ENG_CHAT_MISTRAL: render_mistral(ct, msgs, n, &o); break;
     default:

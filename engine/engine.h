@@ -103,7 +103,14 @@ size_t eng_detok_max(const eng_tokenizer *t);
 /* ======================================================================================
  * Chat templates (engine/chat.c)
  * ====================================================================================== */
-enum eng_chat_kind { ENG_CHAT_CHATML = 1, ENG_CHAT_LLAMA3 = 2, ENG_CHAT_LLAMA2 = 3, ENG_CHAT_MISTRAL = 4 };
+enum eng_chat_kind {
+    ENG_CHAT_CHATML = 1,
+    ENG_CHAT_LLAMA3 = 2,
+    ENG_CHAT_LLAMA2 = 3,
+    ENG_CHAT_MISTRAL = 4,
+    ENG_CHAT_LLAMA31 = 5, /* Llama 3.1 and later: a system block with the dates always comes first */
+    ENG_CHAT_N_KINDS = 6
+};
 
 typedef struct eng_chat_msg {
     const char *role;          /* "system", "user", "assistant" */
@@ -115,10 +122,12 @@ typedef struct eng_chat_template {
     char default_system[512];  /* system prompt the model's template adds when none is given ("" = none) */
     char bos[32];              /* BOS text the template itself emits ("" when it does not) */
     char eos[32];              /* EOS text after assistant turns (Llama 2 / Mistral) */
+    char date[32];             /* llama3.1: the "Today Date:" the template writes by default */
+    int date_today;            /* llama3.1: the template asks for today's date (strftime_now) instead */
 } eng_chat_template;
 
 /* Recognise the family from the model's template text (snap_chat_template), or take
- * `override_name` ("chatml", "llama3", "llama2", "mistral") when not NULL. An unrecognised
+ * `override_name` ("chatml", "llama3", "llama3.1", "llama2", "mistral") when not NULL. An unrecognised
  * template without override -> ENG_EUNSUPPORTED with a message naming --chat-template. */
 int eng_chat_template_init(eng_chat_template *ct, const char *template_text, const char *override_name, eng_err *err);
 /* Render the conversation as the model's template would. Returns the bytes needed

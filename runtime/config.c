@@ -55,7 +55,7 @@ static const opt opts[] = {
     {"--grace", NULL, OPT_SECONDS, OFF(grace_s), 0, 86400, "SECONDS", "on /pre-stop or SIGTERM, wait this long for in-flight requests (default 30)"},
     {"--idle-exit", NULL, OPT_SECONDS, OFF(idle_exit_s), 0, 1e9, "SECONDS", "exit 0 after this long without an API request (default 0 = never)"},
     {"--device", NULL, OPT_STR, OFF(device), 0, 0, "NAME", "cpu, cuda or auto (default cpu)"},
-    {"--chat-template", NULL, OPT_STR, OFF(chat_template), 0, 0, "NAME", "chatml, llama3, llama2 or mistral instead of the model's own"},
+    {"--chat-template", NULL, OPT_STR, OFF(chat_template), 0, 0, "NAME", "chatml, llama3, llama3.1, llama2 or mistral instead of the model's own"},
     {"--threads", NULL, OPT_U32, OFF(threads), 0, 1024, "N", "CPU threads (default: all cores)"},
     {"--ctx", NULL, OPT_U32, OFF(ctx), 0, 1u << 24, "N", "context length (default: the model's)"},
     {"--max-seqs", NULL, OPT_U32, OFF(max_seqs), 0, 1u << 16, "N", "sequences decoding at once (default 16)"},

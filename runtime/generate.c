@@ -31,7 +31,7 @@ static int usage(FILE *to, int rc)
             "  -p, --prompt TEXT       the prompt (with --chat: the user's message)\n"
             "  --chat                  apply the model's chat template\n"
             "  --system TEXT           system message (with --chat)\n"
-            "  --chat-template NAME    chatml, llama3, llama2 or mistral, instead of the model's own\n"
+            "  --chat-template NAME    chatml, llama3, llama3.1, llama2 or mistral, instead of the model's own\n"
             "  -n, --max-tokens N      most tokens to generate (default 256)\n"
             "  --temp T                temperature, 0 = greedy (default: the model's, else 0)\n"
             "  --top-p P, --top-k K, --min-p P, --repeat-penalty R, --seed S\n"

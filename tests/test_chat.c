@@ -2,6 +2,7 @@
  * (tests/data/chat/fixtures.json, written by tests/ref/make_chat_fixtures.py), plus detection,
  * overrides and the errors. */
 #include <cjson/cJSON.h>
+#include <time.h>
 
 #include "engine.h"
 #include "test.h"
@@ -85,6 +86,9 @@ static void test_fixtures(void)
             CHECK_STR(ct.bos, jstr(t, "bos_token"));
         if (ct.kind == ENG_CHAT_LLAMA2 || ct.kind == ENG_CHAT_MISTRAL)
             CHECK_STR(ct.eos, jstr(t, "eos_token"));
+        if (ct.kind == ENG_CHAT_LLAMA31) /* the template's default date, unless it asks for today's */
+            CHECK_STR(ct.date, "26 Jul 2024");
+        CHECK_INT(ct.date_today, jstr(t, "today") != NULL);
         if (rc != 0)
             fprintf(stderr, "    template %s: %s\n", name, err.msg);
     }
@@ -97,6 +101,10 @@ static void test_fixtures(void)
         REQUIRE(tpl != NULL);
         eng_chat_template ct;
         REQUIRE(eng_chat_template_init(&ct, jstr(tpl, "text"), NULL, NULL) == 0);
+        if (jstr(tpl, "today")) { /* the fixed date the fixture's strftime_now gave */
+            ct.date_today = 0;
+            snprintf(ct.date, sizeof ct.date, "%s", jstr(tpl, "today"));
+        }
 
         eng_chat_msg msgs[MAX_MSGS];
         size_t n = 0;
@@ -161,6 +169,8 @@ static void test_detect(void)
     CHECK_STR(eng_chat_kind_name(ENG_CHAT_LLAMA3), "llama3");
     CHECK_STR(eng_chat_kind_name(ENG_CHAT_LLAMA2), "llama2");
     CHECK_STR(eng_chat_kind_name(ENG_CHAT_MISTRAL), "mistral");
+    CHECK_STR(eng_chat_kind_name(ENG_CHAT_LLAMA31), "llama3.1");
+    CHECK_STR(eng_chat_kind_name(ENG_CHAT_N_KINDS), "unknown");
     CHECK_STR(eng_chat_kind_name(99), "unknown");
 
     /* a ChatML template whose system block only carries the user's system message: no default */
@@ -185,7 +195,7 @@ static void test_unrecognised(void)
     CHECK_INT(eng_chat_template_init(&ct, "{% for m in messages %}### {{ m.content }}{% endfor %}", NULL, &err),
               ENG_EUNSUPPORTED);
     CHECK_CONTAINS(err.msg, "unrecognised chat template");
-    CHECK_CONTAINS(err.msg, "--chat-template chatml|llama3|llama2|mistral");
+    CHECK_CONTAINS(err.msg, "--chat-template chatml|llama3|llama3.1|llama2|mistral");
     memset(&err, 0, sizeof err);
     CHECK_INT(eng_chat_template_init(&ct, NULL, NULL, &err), ENG_EUNSUPPORTED);
     CHECK_CONTAINS(err.msg, "--chat-template");
@@ -194,9 +204,9 @@ static void test_unrecognised(void)
 
 static void test_override(void)
 {
-    static const char *const names[] = {"chatml", "llama3", "llama2", "mistral"};
-    static const int kinds[] = {ENG_CHAT_CHATML, ENG_CHAT_LLAMA3, ENG_CHAT_LLAMA2, ENG_CHAT_MISTRAL};
-    for (int i = 0; i < 4; i++) {
+    static const char *const names[] = {"chatml", "llama3", "llama2", "mistral", "llama3.1"};
+    static const int kinds[] = {ENG_CHAT_CHATML, ENG_CHAT_LLAMA3, ENG_CHAT_LLAMA2, ENG_CHAT_MISTRAL, ENG_CHAT_LLAMA31};
+    for (int i = 0; i < 5; i++) {
         eng_chat_template ct;
         /* the override wins over what the text looks like, and over no text at all */
         CHECK_INT(eng_chat_template_init(&ct, "{{ '[INST]' }}", names[i], NULL), 0);
@@ -219,7 +229,51 @@ static void test_override(void)
     eng_err err = {{0}};
     CHECK_INT(eng_chat_template_init(&ct, "<|im_start|>", "vicuna", &err), ENG_EINVAL);
     CHECK_CONTAINS(err.msg, "vicuna");
-    CHECK_CONTAINS(err.msg, "chatml, llama3, llama2, mistral");
+    CHECK_CONTAINS(err.msg, "chatml, llama3, llama3.1, llama2, mistral");
+
+    /* llama3.1 forced: Llama 3.1's default date */
+    CHECK_INT(eng_chat_template_init(&ct, NULL, "llama3.1", NULL), 0);
+    CHECK_STR(ct.bos, "<|begin_of_text|>");
+    CHECK_STR(ct.date, "26 Jul 2024");
+    CHECK_INT(ct.date_today, 0);
+}
+
+/* A template that asks for today's date (Llama 3.2's strftime_now) gets the local date at
+ * render time, in strftime's "%d %b %Y"; one with another default date literal keeps it. */
+static void test_llama31_dates(void)
+{
+    static const char today_tpl[] = "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}"
+                                    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+                                    "{%- set date_string = strftime_now(\"%d %b %Y\") %}";
+    eng_chat_template ct;
+    CHECK_INT(eng_chat_template_init(&ct, today_tpl, NULL, NULL), 0);
+    CHECK_INT(ct.kind, ENG_CHAT_LLAMA31);
+    CHECK_INT(ct.date_today, 1);
+    eng_chat_msg m[1] = {{"user", "hi"}};
+    char out[512], before[32], after[32], want[256];
+    struct tm tm;
+    time_t t0 = time(NULL);
+    strftime(before, sizeof before, "%d %b %Y", localtime_r(&t0, &tm));
+    long n = eng_chat_render(&ct, m, 1, 0, out, sizeof out, NULL);
+    time_t t1 = time(NULL);
+    strftime(after, sizeof after, "%d %b %Y", localtime_r(&t1, &tm));
+    CHECK(n > 0);
+    int hit = 0;
+    for (int i = 0; i < 2; i++) { /* midnight may pass between the two clock reads */
+        snprintf(want, sizeof want,
+                 "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: "
+                 "December 2023\nToday Date: %s\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+                 i ? after : before);
+        hit |= n > 0 && strcmp(out, want) == 0;
+    }
+    if (!hit)
+        fprintf(stderr, "    rendered: %s\n", n > 0 ? out : "(error)");
+    CHECK(hit);
+
+    CHECK_INT(eng_chat_template_init(&ct, "Cutting Knowledge Date <|start_header_id|> {%- set date_string = '01 Jan 2025' %}",
+                                     NULL, NULL), 0);
+    CHECK_STR(ct.date, "01 Jan 2025");
+    CHECK_INT(ct.date_today, 0);
 }
 
 static long render(const char *kind, const eng_chat_msg *m, size_t n, char *out, size_t cap, eng_err *err)
@@ -308,6 +362,7 @@ int main(void)
     TEST_RUN(test_detect);
     TEST_RUN(test_unrecognised);
     TEST_RUN(test_override);
+    TEST_RUN(test_llama31_dates);
     TEST_RUN(test_llama2_alternation);
     TEST_RUN(test_bad_input);
     TEST_RUN(test_truncation);

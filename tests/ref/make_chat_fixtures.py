@@ -10,17 +10,21 @@ the C renderer is checked byte for byte against the real templates:
   smollm2   read from models/SmolLM2-135M-Instruct.Q4_1.gguf (tokenizer.chat_template)
   qwen2.5   Qwen/Qwen2.5-*-Instruct tokenizer_config.json
   llama3    meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json
+  llama3.1  meta-llama/Llama-3.1-8B-Instruct tokenizer_config.json (tests/ref/templates/llama3.1.jinja)
+  llama3.2  meta-llama/Llama-3.2-1B-Instruct tokenizer_config.json (tests/ref/templates/llama3.2.jinja);
+            it calls strftime_now, which transformers defines as today's local date: here it
+            returns the fixed date TODAY, and the template's entry carries it as "today"
   llama2    meta-llama/Llama-2-*-chat-hf tokenizer_config.json
   mistral   mistralai/Mistral-7B-Instruct-v0.2 (and Mixtral-8x7B-Instruct-v0.1) as first
             published: `<s>[INST] {user} [/INST]{assistant}</s>[INST] ...`
 
-The template strings of the last four are typed in from the public tokenizer_config.json
-files (as data). Needs `pip install jinja2 gguf`. Deterministic.
+The other template strings are typed in from the public tokenizer_config.json files (as
+data; the two long Llama 3.x ones as files under tests/ref/templates/). Needs `pip install jinja2 gguf`. Deterministic.
 
     python3 tests/ref/make_chat_fixtures.py            # from the repository root
 
 Output: one JSON object
-  templates: [{name, kind, text, bos_token, eos_token, default_system}]
+  templates: [{name, kind, text, bos_token, eos_token, default_system, today?}]
   cases:     [{template, name, add_generation_prompt, messages: [{role, content}],
                expected | error, note?}]
 A case with "error" is one the C renderer must refuse with ENG_EINVAL: either the Jinja
@@ -42,6 +46,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 GGUF_PATH = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT_DIR = os.path.join(ROOT, "tests", "data", "chat")
+TODAY = "05 Mar 2026"  # what strftime_now("%d %b %Y") returns in these renderings
+
+
+def template_file(name):
+    with open(os.path.join(HERE, "templates", name), encoding="utf-8") as f:
+        return f.read()
 
 # --- template strings (exactly as in the tokenizer_config.json files, JSON escapes undone) ---
 
@@ -195,6 +205,8 @@ TEMPLATES = [
     ("qwen2.5", "chatml", QWEN25, "", "<|im_end|>",
      "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
     ("llama3", "llama3", LLAMA3, "<|begin_of_text|>", "<|eot_id|>", ""),
+    ("llama3.1", "llama3.1", template_file("llama3.1.jinja"), "<|begin_of_text|>", "<|eot_id|>", ""),
+    ("llama3.2", "llama3.1", template_file("llama3.2.jinja"), "<|begin_of_text|>", "<|eot_id|>", ""),
     ("llama2", "llama2", LLAMA2, "<s>", "</s>", ""),
     ("mistral", "mistral", MISTRAL, "<s>", "</s>", ""),
 ]
@@ -213,6 +225,7 @@ def make_env():
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
                                         extensions=[jinja2.ext.loopcontrols])
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: TODAY if fmt == "%d %b %Y" else raise_exception(fmt)
     return env
 
 
@@ -238,8 +251,11 @@ def main():
     for name, kind, text, bos, eos, default_system in TEMPLATES:
         if text is None:
             text = smollm2_template()
-        templates.append({"name": name, "kind": kind, "text": text, "bos_token": bos, "eos_token": eos,
-                          "default_system": default_system})
+        entry = {"name": name, "kind": kind, "text": text, "bos_token": bos, "eos_token": eos,
+                 "default_system": default_system}
+        if "strftime_now" in text:
+            entry["today"] = TODAY
+        templates.append(entry)
         for conv_name, msgs in CONVERSATIONS:
             for gen in (False, True):
                 case = {"template": name, "name": conv_name, "add_generation_prompt": gen, "messages": msgs}
