@@ -19,7 +19,10 @@
  *         Both give HF's result, whose queue is ordered by (rank, position) too.
  *  2. SentencePiece: spaces become U+2581 "▁" and, with add_space_prefix, one is put in front
  *     of the text at the start and after every added token (llama.cpp's rule, and what HF's
- *     Prepend normalizer does to each piece between added tokens). Then either llama.cpp's
+ *     Prepend normalizer does to each piece between added tokens), or as HF's Metaspace
+ *     pre-tokenizer does it: not before a piece that starts with a space, and with "first"
+ *     only at the text's start (snap_space_prefix). With spm_split every "▁" starts a word
+ *     of its own for the merges (Metaspace's split). Then either llama.cpp's
  *     score-ordered merge (GGUF vocabularies carry scores) or the rank merge of (d)
  *     (tokenizer.json carries merges); a character outside the vocab falls back to its
  *     <0xXX> byte tokens.
@@ -759,7 +762,16 @@ static int encode_spm_text(const eng_tokenizer *t, tok_scratch *sc, const uint8_
             buf[len++] = s[i];
         }
     }
-    rc = t->spm_scores ? spm_by_score(t, sc, buf, len, o) : spm_by_rank(t, sc, buf, len, o);
+    /* with spm_split each "▁" starts a new word, merged on its own */
+    for (size_t w0 = 0, w1; w0 < len && rc == 0; w0 = w1) {
+        w1 = len;
+        for (size_t k = w0 + 1; t->v.spm_split && k + 3 <= len; k++)
+            if (memcmp(buf + k, SPM_SPACE, 3) == 0) {
+                w1 = k;
+                break;
+            }
+        rc = t->spm_scores ? spm_by_score(t, sc, buf + w0, w1 - w0, o) : spm_by_rank(t, sc, buf + w0, w1 - w0, o);
+    }
     free(buf);
     return rc;
 }
@@ -795,6 +807,7 @@ long eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, int add_
     if (add_special && t->v.add_bos && t->v.bos_id >= 0)
         out_push(&o, t->v.bos_id);
     bool after_added = true; /* SentencePiece's space prefix: at the start and after added tokens */
+    uint8_t rule = t->v.model == SNAP_TOK_SPM ? t->v.add_space_prefix : SNAP_SPACE_NONE;
     size_t i = 0;
     while (i < len && rc == 0) {
         size_t p = i;
@@ -802,8 +815,12 @@ long eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, int add_
         if (!a)
             p = len;
         if (p > i) {
+            bool prefix = rule == SNAP_SPACE_LEGACY ? after_added
+                          : rule == SNAP_SPACE_ALWAYS ? after_added && s[i] != ' '
+                          : rule == SNAP_SPACE_FIRST ? i == 0 && s[i] != ' '
+                          : false;
             if (t->v.model == SNAP_TOK_SPM)
-                rc = encode_spm_text(t, &sc, s + i, p - i, after_added && t->v.add_space_prefix, &o);
+                rc = encode_spm_text(t, &sc, s + i, p - i, prefix, &o);
             else
                 rc = encode_bpe_text(t, &sc, s + i, p - i, &o);
             after_added = false;

@@ -55,9 +55,13 @@ static void print_header(const snap_file *f)
                c->rope_high_freq_factor, c->rope_orig_ctx);
     printf("\nnorm       rms_eps %g%s%s\n", c->rms_eps, c->flags & SNAP_FLAG_TIED_EMBED ? ", tied embeddings" : "",
            c->flags & SNAP_FLAG_QKV_BIAS ? ", qkv bias" : "");
-    printf("tokenizer  %s, pre-tokenizer %s, %u tokens, %u merges, bos %d, eos %d, eot %d, add_bos %u\n",
+    static const char *const spaces[] = {"none", "legacy", "always", "first"};
+    printf("tokenizer  %s, pre-tokenizer %s, %u tokens, %u merges, bos %d, eos %d, eot %d, add_bos %u",
            v->model == SNAP_TOK_SPM ? "sentencepiece" : "byte-level bpe", v->pre <= 4 ? pres[v->pre] : "?",
            v->n_tokens, v->n_merges, v->bos_id, v->eos_id, v->eot_id, v->add_bos);
+    if (v->model == SNAP_TOK_SPM) /* file.c refuses other values */
+        printf(", space prefix %s%s", spaces[v->add_space_prefix & 3], v->spm_split ? ", split" : "");
+    printf("\n");
     printf("template   %zu bytes\n", strlen(snap_chat_template(f)));
     printf("defaults  ");
     print_float("temperature", g->temperature);

@@ -184,6 +184,10 @@ static int parse_vocab(snap_file *f, const uint8_t *p, uint64_t len, uint64_t fi
     v->add_space_prefix = p[38];
     int has_scores = p[39];
     uint32_t blob_size = snap_rd32(p + 40);
+    v->spm_split = p[44];
+    if (v->add_space_prefix > SNAP_SPACE_FIRST || v->spm_split > 1)
+        return snap_fail(err, SNAP_EUNSUPPORTED, "%s: vocab section at offset %llu: unknown space rule %u/%u", path,
+                         (unsigned long long)file_off, v->add_space_prefix, v->spm_split);
     if (v->model != SNAP_TOK_BPE && v->model != SNAP_TOK_SPM)
         return snap_fail(err, SNAP_EUNSUPPORTED, "%s: unknown tokenizer model %u", path, v->model);
     if (v->pre > SNAP_PRE_QWEN2)

@@ -750,6 +750,60 @@ static int pre_kind(const cJSON *pt, const char *file, uint32_t *out, snap_err *
     return 0;
 }
 
+/* The normalizer or pre-tokenizer of type `type` in root[key], itself or inside a Sequence. */
+static const cJSON *find_step(const cJSON *root, const char *key, const char *list, const char *type)
+{
+    const cJSON *it = member(root, key), *s;
+    const char *t = type_of(it);
+    if (t && strcmp(t, type) == 0)
+        return it;
+    if (t && strcmp(t, "Sequence") == 0)
+        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(it, list)) {
+            const char *st = type_of(s);
+            if (st && strcmp(st, type) == 0)
+                return s;
+        }
+    return NULL;
+}
+
+/* Where SentencePiece's "▁" goes before the text, from the two ways tokenizer.json says it:
+ * the legacy Prepend normalizer (every piece between added tokens gets one), or a Metaspace
+ * pre-tokenizer's prepend_scheme (older files: add_prefix_space) and split. */
+static int spm_space_rule(const cJSON *root, const char *file, snap_vocab *v, snap_err *err)
+{
+    const cJSON *pre = find_step(root, "normalizer", "normalizers", "Prepend");
+    const cJSON *ms = find_step(root, "pre_tokenizer", "pretokenizers", "Metaspace");
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(pre, "prepend");
+    v->add_space_prefix = cJSON_IsString(p) && strcmp(p->valuestring, SPM_SPACE) == 0 ? SNAP_SPACE_LEGACY : SNAP_SPACE_NONE;
+    v->spm_split = 0;
+    if (!ms)
+        return 0;
+    const cJSON *scheme = cJSON_GetObjectItemCaseSensitive(ms, "prepend_scheme");
+    const cJSON *add = cJSON_GetObjectItemCaseSensitive(ms, "add_prefix_space");
+    const cJSON *split = cJSON_GetObjectItemCaseSensitive(ms, "split");
+    const cJSON *repl = cJSON_GetObjectItemCaseSensitive(ms, "replacement");
+    if (repl && (!cJSON_IsString(repl) || strcmp(repl->valuestring, SPM_SPACE) != 0))
+        return snap_fail(err, SNAP_EUNSUPPORTED, "%s: Metaspace replacement other than U+2581 is not supported", file);
+    uint8_t rule = SNAP_SPACE_ALWAYS; /* the tokenizers library's default */
+    if (cJSON_IsString(scheme)) {
+        if (strcmp(scheme->valuestring, "always") == 0)
+            rule = SNAP_SPACE_ALWAYS;
+        else if (strcmp(scheme->valuestring, "first") == 0)
+            rule = SNAP_SPACE_FIRST;
+        else if (strcmp(scheme->valuestring, "never") == 0)
+            rule = SNAP_SPACE_NONE;
+        else
+            return snap_fail(err, SNAP_EUNSUPPORTED, "%s: unknown Metaspace prepend_scheme '%.32s' (expected always, first or never)",
+                             file, scheme->valuestring);
+    } else if (cJSON_IsBool(add)) {
+        rule = cJSON_IsTrue(add) ? SNAP_SPACE_ALWAYS : SNAP_SPACE_NONE;
+    }
+    if (v->add_space_prefix == SNAP_SPACE_NONE)
+        v->add_space_prefix = rule;
+    v->spm_split = !cJSON_IsBool(split) || cJSON_IsTrue(split); /* absent: split, the library's default */
+    return 0;
+}
+
 /* SentencePiece-style BPE (Llama 2, Mistral): byte fallback, or U+2581 for spaces. */
 static bool is_spm(const cJSON *root, const cJSON *model)
 {
@@ -1025,11 +1079,13 @@ static int read_tokenizer(hf_reader *r)
     if (spm) {
         v->model = SNAP_TOK_SPM;
         v->pre = SNAP_PRE_NONE;
-        v->add_space_prefix = 1;
+        if ((rc = spm_space_rule(root, file, v, err)))
+            goto fail;
         add_bos = true;
     } else {
         v->model = SNAP_TOK_BPE;
-        v->add_space_prefix = 0;
+        v->add_space_prefix = SNAP_SPACE_NONE;
+        v->spm_split = 0;
         if ((rc = pre_kind(member(root, "pre_tokenizer"), file, &v->pre, err)))
             goto fail;
     }

@@ -292,6 +292,7 @@ static void put_vocab(uint8_t *p, const snap_vocab *v)
     p[39] = v->scores != NULL;
     snap_wr32(p + 40, v->offsets[v->n_tokens]);
     snap_wr32(p + 44, 0);
+    p[44] = v->spm_split;
     uint8_t *q = p + SNAP_VOCAB_HEAD_BYTES;
     memcpy(q, v->offsets, 4ull * (v->n_tokens + 1));
     q += 4ull * (v->n_tokens + 1);

@@ -88,6 +88,14 @@ enum snap_quant { SNAP_QUANT_Q4 = 0, SNAP_QUANT_Q8 = 1, SNAP_QUANT_F16 = 2 };
 enum snap_codec { SNAP_CODEC_RAW = 0, SNAP_CODEC_LZ4 = 1 };
 
 enum snap_tok_model { SNAP_TOK_BPE = 1 /* byte-level BPE (GPT-2 style) */, SNAP_TOK_SPM = 2 /* SentencePiece BPE */ };
+/* Where SentencePiece puts a "▁" before the text (a vocab's add_space_prefix). */
+enum snap_space_prefix {
+    SNAP_SPACE_NONE = 0,
+    SNAP_SPACE_LEGACY = 1, /* at the start and after every added token (llama.cpp; HF's Prepend normalizer) */
+    SNAP_SPACE_ALWAYS = 2, /* HF Metaspace "always": as LEGACY, but not where the piece starts with a space */
+    SNAP_SPACE_FIRST = 3,  /* HF Metaspace "first": only at the text's start, unless it starts with a space */
+};
+
 enum snap_tok_pre {
     SNAP_PRE_NONE = 0,   /* SentencePiece: no pre-tokenizer, spaces become U+2581 */
     SNAP_PRE_GPT2 = 1,   /* GPT-2 regex */
@@ -148,7 +156,9 @@ typedef struct snap_vocab {
     uint32_t n_tokens;
     uint32_t n_merges;
     int32_t bos_id, eos_id, eot_id, unk_id, pad_id; /* -1 = none */
-    uint8_t add_bos, add_eos, add_space_prefix;
+    uint8_t add_bos, add_eos;
+    uint8_t add_space_prefix; /* SentencePiece: enum snap_space_prefix */
+    uint8_t spm_split;        /* SentencePiece: every "▁" starts a new piece for the merges (Metaspace split) */
     const uint32_t *offsets; /* [n_tokens + 1] */
     const char *blob;        /* [offsets[n_tokens]] token bytes, as the source vocab spells them */
     const float *scores;     /* [n_tokens] SentencePiece scores, or NULL */

@@ -549,7 +549,7 @@ static void test_tokenizer_variants(void)
         CHECK_INT(v->model, SNAP_TOK_SPM);
         CHECK_INT(v->pre, SNAP_PRE_NONE);
         CHECK_INT(v->add_bos, 1);
-        CHECK_INT(v->add_space_prefix, 1);
+        CHECK_INT(v->add_space_prefix, SNAP_SPACE_NONE); /* no Prepend normalizer, no Metaspace: none, as HF */
         CHECK_INT(v->types[0], SNAP_TOKT_UNKNOWN);
         CHECK_INT(v->types[1], SNAP_TOKT_CONTROL);
         CHECK_INT(v->types[3], SNAP_TOKT_BYTE);
@@ -566,6 +566,45 @@ static void test_tokenizer_variants(void)
         CHECK(0);
     }
     snap_src_free(&m);
+
+    /* where the "▁" before the text comes from: the legacy normalizer or a Metaspace step */
+    static const struct {
+        const char *normalizer, *pre;
+        int space, split;
+    } rules[] = {
+        {"{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": \"\\u2581\"}, "
+         "{\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, \"content\": \"\\u2581\"}]}",
+         "null", SNAP_SPACE_LEGACY, 0},
+        {"null", "{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"prepend_scheme\": \"first\", \"split\": false}",
+         SNAP_SPACE_FIRST, 0},
+        {"null", "{\"type\": \"Metaspace\", \"replacement\": \"\\u2581\", \"add_prefix_space\": true}", SNAP_SPACE_ALWAYS, 1},
+        {"null", "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Metaspace\", \"prepend_scheme\": \"never\"}]}",
+         SNAP_SPACE_NONE, 1},
+        {"null", "{\"type\": \"Metaspace\", \"prepend_scheme\": \"sometimes\"}", -1, 0},
+    };
+    for (size_t i = 0; i < sizeof rules / sizeof rules[0]; i++) {
+        char json[2048];
+        snprintf(json, sizeof json,
+                 "{\"normalizer\": %s, \"pre_tokenizer\": %s, \"model\": {\"type\": \"BPE\", \"byte_fallback\": true, "
+                 "\"vocab\": {\"<unk>\": 0, \"<s>\": 1, \"</s>\": 2, \"\\u2581\": 3, \"a\": 4}, \"merges\": []}}",
+                 rules[i].normalizer, rules[i].pre);
+        REQUIRE(tmp_text(d, "tokenizer.json", json) == 0);
+        snap_err err;
+        snap_src_init(&m);
+        int rc = snap_read_hf(d->path, &m, &err);
+        if (rules[i].space < 0) {
+            CHECK_INT(rc, SNAP_EUNSUPPORTED);
+            CHECK_CONTAINS(err.msg, "prepend_scheme 'sometimes'");
+        } else if (rc == 0) {
+            CHECK_INT(m.vocab.model, SNAP_TOK_SPM);
+            CHECK_INT(m.vocab.add_space_prefix, rules[i].space);
+            CHECK_INT(m.vocab.spm_split, rules[i].split);
+        } else {
+            fprintf(stderr, "    rule %zu: %s\n", i, err.msg);
+            CHECK(0);
+        }
+        snap_src_free(&m);
+    }
     REQUIRE(tmp_text(d, "tokenizer_config.json", "{}") == 0);
 
     /* Llama 3: the Split regex with runs of 1-3 digits; BOS comes from the post-processor */

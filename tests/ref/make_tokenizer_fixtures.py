@@ -25,7 +25,7 @@ What it writes:
   smollm2.ref             Reference ids for the SmolLM2 snapshot (models/*.thaw), every
                           document without special-token parsing, and with parsing for the
                           documents that spell special tokens.
-  llama3-tiny/, qwen2-tiny/, spm-tiny/
+  llama3-tiny/, qwen2-tiny/, spm-tiny/, spm-first-tiny/, spm-always-tiny/
                           Tiny Hugging Face model folders (config.json, a 2-wide
                           model.safetensors, tokenizer.json, tokenizer_config.json) whose
                           tokenizers were trained here with `tokenizers` on the corpus: the
@@ -33,7 +33,7 @@ What it writes:
                           Qwen2 one (single digits, NFC normalizer), and a Llama-2-style
                           SentencePiece BPE (Prepend/Replace "▁", byte_fallback, no
                           pre-tokenizer). The C test reads them through snap_read_hf.
-  llama3-tiny.ref, qwen2-tiny.ref, spm-tiny.ref
+  llama3-tiny.ref, qwen2-tiny.ref, spm-tiny.ref, spm-first-tiny.ref, spm-always-tiny.ref
                           Reference ids for a subset of the documents (Qwen2: only documents
                           that are already NFC, since thaw does not apply NFC).
   spm-scores.gguf, spm-scores.ref
@@ -649,9 +649,31 @@ def tiny_fixtures(docs):
     tok = make_folder("spm-tiny", tj, n, 0, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                                              "add_bos_token": True, "tokenizer_class": "LlamaTokenizer"})
     write_ref(os.path.join(OUT, "spm-tiny.ref"), encode_all(tok, docs, picks, SPM_SPECIALS))
+    metaspace_fixtures(tj, n, docs, picks)
 
     spm_scores_fixture(docs, [i for i in picks if i % 10 == 0 or docs[i][0].startswith(("tiny", "weird", "ws",
                                                                                           "crlf"))])
+
+
+def metaspace_fixtures(tj, n, docs, picks):
+    """The same vocabulary as spm-tiny with the space rule in a Metaspace pre-tokenizer, as
+    tokenizer.json files converted without the legacy rule have it: "first" (a "▁" before the
+    text's start only, not after special tokens, none when the text starts with a space; no
+    split: Mistral v0.3's setting) and "always" with split (a "▁" before every piece between
+    special tokens unless it starts with a space; each "▁" starts a new word). "▁▁" and "▁▁▁"
+    are added with the last merges, so whether runs of spaces merge across words shows."""
+    tj = json.loads(json.dumps(tj))
+    vocab = tj["model"]["vocab"]
+    for t in ("▁▁", "▁▁▁"):
+        vocab[t] = len(vocab)
+    tj["model"]["merges"] += [["▁", "▁"], ["▁▁", "▁"]]
+    tj["normalizer"] = None
+    config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True,
+              "legacy": False, "tokenizer_class": "LlamaTokenizer"}
+    for name, scheme, split in (("spm-first-tiny", "first", False), ("spm-always-tiny", "always", True)):
+        tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": split}
+        tok = make_folder(name, tj, n + 2, 0, config)
+        write_ref(os.path.join(OUT, name + ".ref"), encode_all(tok, docs, picks, SPM_SPECIALS))
 
 
 def spm_scores_fixture(docs, picks):
