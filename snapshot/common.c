@@ -1,10 +1,29 @@
 /* common.c -- the source model container shared by readers and the packer, error text,
- * and the string -> id map the tokenizer readers use for merges. */
+ * the string -> id map the tokenizer readers use for merges, and syncing a directory. */
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
+
+void snap_sync_dir(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    if (n >= sizeof dir)
+        return;
+    memcpy(dir, path, n);
+    strcpy(dir + n, slash ? (n ? "" : "/") : ".");
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
 
 static const char *const snap_error_text[] = {
 #define SNAP_X_TEXT(name, value, text) [-(value)] = text,

@@ -142,6 +142,9 @@ const uint8_t *snap_file_base(const snap_file *f);
 
 /* Formats into err (if not NULL) and returns code. */
 int snap_fail(snap_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* After renaming a finished file into place: fsync its directory, so the new name survives a
+ * crash too. Best effort (some filesystems cannot sync a directory; the file itself is synced). */
+void snap_sync_dir(const char *path);
 
 /* A small open-addressing map from byte strings to ids (tokens -> id, for merges). Keys
  * are not copied: they must outlive the map. */

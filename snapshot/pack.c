@@ -525,6 +525,7 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         rc = snap_fail(err, SNAP_EIO, "%s: cannot rename to %s: %s", tmp, out, strerror(errno));
         goto fail;
     }
+    snap_sync_dir(out);
     goto done;
 fail:
     if (w.fd >= 0) {
