@@ -356,6 +356,7 @@ int eng_engine_wait_idle(eng_engine *e, int timeout_ms);
 
 typedef struct eng_stats {
     uint32_t queued, running;
+    uint32_t max_queue;                    /* the bound on queued (eng_engine_opts.max_queue) */
     uint32_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
     uint64_t prefix_hits, prefix_misses;   /* prompt blocks looked up (the full ones before its last token),
                                             * found / not found in the cache, at first admission */

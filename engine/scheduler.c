@@ -835,6 +835,7 @@ void eng_engine_stats(eng_engine *e, eng_stats *st)
     pthread_mutex_lock(&e->lock);
     *st = e->stats;
     st->queued = e->n_queued;
+    st->max_queue = e->max_queue;
     st->running = e->n_running;
     eng_kv_counts(e->kv, &st->kv_blocks_free, &st->kv_blocks_used, &st->kv_blocks_cached);
     st->kv_blocks_total = eng_kv_total(e->kv);

@@ -860,6 +860,16 @@ static int submit_all(const rt_api_ctx *ctx, const rt_request *req, gen *g, batc
     uint32_t n_ctx = eng_model_n_ctx(ctx->model);
     bt->k = 0;
     bt->watch_slot = -1;
+    /* each choice waits in the queue as a request of its own: more than it holds could never
+     * be admitted, so that is the client's error, not a reason to retry */
+    eng_stats st;
+    eng_engine_stats(ctx->engine, &st);
+    if (g->pr.n * g->n > st.max_queue) {
+        rt_error_set(e, 400, "invalid_request_error", "invalid_value", "n",
+                     "n x prompts is %u, more than the server's request queue holds (%u, --max-queue)",
+                     g->pr.n * g->n, st.max_queue);
+        return -1;
+    }
     for (uint32_t p = 0; p < g->pr.n; p++) {
         for (uint32_t j = 0; j < g->n; j++) {
             eng_request_params rp = {.prompt = g->pr.ids[p],

@@ -477,6 +477,10 @@ def test_admission(port_args=()):
     s1.close()
     st, _, _ = request(c.port, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2})
     check(st == 200, "429: serving again afterwards", st)
+    # more choices than the queue holds could never be admitted: a 400, not a 429 to retry
+    st, h, b = request(c.port, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "n": 2})
+    check(st == 400 and is_error_object(b) and b"--max-queue" in b and json.loads(b)["error"]["param"] == "n"
+          and "retry-after" not in h, "n above --max-queue: 400 naming n", (st, b))
     check(c.stop() == 0, "429 server: SIGTERM exit 0")
 
 
