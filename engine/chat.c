@@ -244,16 +244,14 @@ static void llama31_date(eng_chat_template *ct, const char *text)
     if (!text)
         return;
     ct->date_today = strstr(text, "strftime_now") != NULL;
-    const char *p = strstr(text, "set date_string = ");
-    if (!p)
-        return;
-    p += strlen("set date_string = ");
-    if (*p != '"' && *p != '\'')
-        return;
-    const char *e = strchr(p + 1, *p);
-    if (e && (size_t)(e - p - 1) < sizeof ct->date) {
-        memcpy(ct->date, p + 1, (size_t)(e - p - 1));
-        ct->date[e - p - 1] = 0;
+    static const char set[] = "set date_string = ";
+    for (const char *p = strstr(text, set); p; p = strstr(p + 1, set)) {
+        const char *q = p + strlen(set), *e = NULL; /* the first quoted literal (3.2 sets strftime_now's first) */
+        if ((*q == '"' || *q == '\'') && (e = strchr(q + 1, *q)) && (size_t)(e - q - 1) < sizeof ct->date) {
+            memcpy(ct->date, q + 1, (size_t)(e - q - 1));
+            ct->date[e - q - 1] = 0;
+            return;
+        }
     }
 }
 
@@ -302,7 +300,7 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
     }
     set_tokens(ct);
     if (ct->kind == ENG_CHAT_LLAMA31)
-        llama31_date(ct, override_name ? NULL : template_text);
+        llama31_date(ct, template_text); /* also under the override: the model's template says which date */
     if (ct->kind == ENG_CHAT_CHATML && template_text) {
         int rc = chatml_default_system(template_text, ct->default_system, sizeof ct->default_system, err);
         if (rc != 0)

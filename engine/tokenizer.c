@@ -738,6 +738,16 @@ static int spm_by_rank(const eng_tokenizer *t, tok_scratch *sc, const uint8_t *b
     return 0;
 }
 
+/* Metaspace's split: the word that starts at w0 ends where the next "▁" begins (or at len).
+ * A byte-wise search is exact: "▁"'s first byte, 0xE2, is never inside another character. */
+static size_t spm_word_end(const uint8_t *buf, size_t w0, size_t len)
+{
+    for (size_t k = w0 + 1; k + 3 <= len; k++)
+        if (memcmp(buf + k, SPM_SPACE, 3) == 0)
+            return k;
+    return len;
+}
+
 static int encode_spm_text(const eng_tokenizer *t, tok_scratch *sc, const uint8_t *s, size_t n, bool prefix,
                            tok_out *o)
 {
@@ -762,14 +772,8 @@ static int encode_spm_text(const eng_tokenizer *t, tok_scratch *sc, const uint8_
             buf[len++] = s[i];
         }
     }
-    /* with spm_split each "▁" starts a new word, merged on its own */
     for (size_t w0 = 0, w1; w0 < len && rc == 0; w0 = w1) {
-        w1 = len;
-        for (size_t k = w0 + 1; t->v.spm_split && k + 3 <= len; k++)
-            if (memcmp(buf + k, SPM_SPACE, 3) == 0) {
-                w1 = k;
-                break;
-            }
+        w1 = t->v.spm_split ? spm_word_end(buf, w0, len) : len;
         rc = t->spm_scores ? spm_by_score(t, sc, buf + w0, w1 - w0, o) : spm_by_rank(t, sc, buf + w0, w1 - w0, o);
     }
     free(buf);
@@ -815,9 +819,10 @@ long eng_tokenize(const eng_tokenizer *t, const char *text, size_t len, int add_
         if (!a)
             p = len;
         if (p > i) {
+            bool spaced = s[i] == ' ' || (p - i >= 3 && memcmp(s + i, SPM_SPACE, 3) == 0); /* Metaspace: no second */
             bool prefix = rule == SNAP_SPACE_LEGACY ? after_added
-                          : rule == SNAP_SPACE_ALWAYS ? after_added && s[i] != ' '
-                          : rule == SNAP_SPACE_FIRST ? i == 0 && s[i] != ' '
+                          : rule == SNAP_SPACE_ALWAYS ? after_added && !spaced
+                          : rule == SNAP_SPACE_FIRST ? i == 0 && !spaced
                           : false;
             if (t->v.model == SNAP_TOK_SPM)
                 rc = encode_spm_text(t, &sc, s + i, p - i, prefix, &o);

@@ -673,6 +673,17 @@ static int parse_gen(const rt_api_ctx *ctx, const cJSON *root, int chat, gen *g,
                      "n x prompts is %u; at most %d choices fit in one request", g->pr.n * g->n, RT_MAX_CHOICES);
         return -1;
     }
+    /* Each choice waits in the queue as a request of its own. A request needing more places than
+     * the queue has is refused outright (a policy: the engine might drain the queue while the
+     * choices are submitted, but a client cannot count on that, and a 429 would invite retries) */
+    eng_stats st;
+    eng_engine_stats(ctx->engine, &st);
+    if (g->pr.n * g->n > st.max_queue) {
+        rt_error_set(e, 400, "invalid_request_error", "invalid_value", g->n > 1 ? "n" : pname,
+                     "n x prompts is %u, more than the server's request queue holds (%u, --max-queue)",
+                     g->pr.n * g->n, st.max_queue);
+        return -1;
+    }
     for (uint32_t i = 0; i < g->pr.n; i++) {
         if (g->pr.len[i] == 0) {
             rt_error_set(e, 400, "invalid_request_error", "invalid_value", pname, "the prompt is empty");
@@ -860,16 +871,6 @@ static int submit_all(const rt_api_ctx *ctx, const rt_request *req, gen *g, batc
     uint32_t n_ctx = eng_model_n_ctx(ctx->model);
     bt->k = 0;
     bt->watch_slot = -1;
-    /* each choice waits in the queue as a request of its own: more than it holds could never
-     * be admitted, so that is the client's error, not a reason to retry */
-    eng_stats st;
-    eng_engine_stats(ctx->engine, &st);
-    if (g->pr.n * g->n > st.max_queue) {
-        rt_error_set(e, 400, "invalid_request_error", "invalid_value", "n",
-                     "n x prompts is %u, more than the server's request queue holds (%u, --max-queue)",
-                     g->pr.n * g->n, st.max_queue);
-        return -1;
-    }
     for (uint32_t p = 0; p < g->pr.n; p++) {
         for (uint32_t j = 0; j < g->n; j++) {
             eng_request_params rp = {.prompt = g->pr.ids[p],

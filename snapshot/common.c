@@ -9,20 +9,21 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-void snap_sync_dir(const char *path)
+int snap_sync_dir(const char *path)
 {
     char dir[4096];
     const char *slash = strrchr(path, '/');
     size_t n = slash ? (size_t)(slash - path) : 0;
     if (n >= sizeof dir)
-        return;
+        return -ENAMETOOLONG;
     memcpy(dir, path, n);
     strcpy(dir + n, slash ? (n ? "" : "/") : ".");
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
+    if (fd < 0)
+        return -errno;
+    int rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
 }
 
 static const char *const snap_error_text[] = {

@@ -776,6 +776,16 @@ static int spm_space_rule(const cJSON *root, const char *file, snap_vocab *v, sn
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(pre, "prepend");
     v->add_space_prefix = cJSON_IsString(p) && strcmp(p->valuestring, SPM_SPACE) == 0 ? SNAP_SPACE_LEGACY : SNAP_SPACE_NONE;
     v->spm_split = 0;
+    const cJSON *pt = member(root, "pre_tokenizer"), *s;
+    const char *pt_type = type_of(pt);
+    if (pt_type && strcmp(pt_type, "Sequence") == 0) /* other steps would tokenize differently */
+        cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers")) {
+            const char *st = type_of(s);
+            if (!st || strcmp(st, "Metaspace") != 0)
+                return snap_fail(err, SNAP_EUNSUPPORTED,
+                                 "%s: SentencePiece pre-tokenizer step '%.32s' is not supported (only Metaspace)", file,
+                                 st ? st : "?");
+        }
     if (!ms)
         return 0;
     const cJSON *scheme = cJSON_GetObjectItemCaseSensitive(ms, "prepend_scheme");
@@ -798,9 +808,15 @@ static int spm_space_rule(const cJSON *root, const char *file, snap_vocab *v, sn
     } else if (cJSON_IsBool(add)) {
         rule = cJSON_IsTrue(add) ? SNAP_SPACE_ALWAYS : SNAP_SPACE_NONE;
     }
+    /* the library refuses add_prefix_space false beside a scheme that prepends */
+    if (cJSON_IsFalse(add) && rule != SNAP_SPACE_NONE)
+        return snap_fail(err, SNAP_EFORMAT, "%s: Metaspace add_prefix_space false contradicts prepend_scheme '%.32s'",
+                         file, scheme->valuestring);
+    if (split && !cJSON_IsBool(split))
+        return snap_fail(err, SNAP_EFORMAT, "%s: Metaspace 'split' must be true or false", file);
     if (v->add_space_prefix == SNAP_SPACE_NONE)
         v->add_space_prefix = rule;
-    v->spm_split = !cJSON_IsBool(split) || cJSON_IsTrue(split); /* absent: split, the library's default */
+    v->spm_split = !split || cJSON_IsTrue(split); /* absent: split, the library's default */
     return 0;
 }
 

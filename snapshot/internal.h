@@ -144,7 +144,7 @@ const uint8_t *snap_file_base(const snap_file *f);
 int snap_fail(snap_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* After renaming a finished file into place: fsync its directory, so the new name survives a
  * crash too. Best effort (some filesystems cannot sync a directory; the file itself is synced). */
-void snap_sync_dir(const char *path);
+int snap_sync_dir(const char *path); /* 0 or -errno */
 
 /* A small open-addressing map from byte strings to ids (tokens -> id, for merges). Keys
  * are not copied: they must outlive the map. */

@@ -291,8 +291,8 @@ static void put_vocab(uint8_t *p, const snap_vocab *v)
     p[38] = v->add_space_prefix;
     p[39] = v->scores != NULL;
     snap_wr32(p + 40, v->offsets[v->n_tokens]);
-    snap_wr32(p + 44, 0);
     p[44] = v->spm_split;
+    p[45] = p[46] = p[47] = 0;
     uint8_t *q = p + SNAP_VOCAB_HEAD_BYTES;
     memcpy(q, v->offsets, 4ull * (v->n_tokens + 1));
     q += 4ull * (v->n_tokens + 1);
@@ -525,7 +525,7 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         rc = snap_fail(err, SNAP_EIO, "%s: cannot rename to %s: %s", tmp, out, strerror(errno));
         goto fail;
     }
-    snap_sync_dir(out);
+    (void)snap_sync_dir(out); /* best effort: the file itself is synced */
     goto done;
 fail:
     if (w.fd >= 0) {

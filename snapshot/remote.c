@@ -736,7 +736,7 @@ int snap_fetch(const char *src, const snap_fetch_opts *opts, char *path_out, siz
             rc = snap_fail(err, SNAP_EIO, "rename %s -> %s: %s", tmp_path, final_path, strerror(errno));
             goto fail;
         }
-        snap_sync_dir(final_path);
+        (void)snap_sync_dir(final_path); /* best effort: the file itself is synced */
         tmp_path[0] = 0;
         snprintf(path_out, path_cap, "%s", final_path);
     } else {

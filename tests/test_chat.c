@@ -274,6 +274,15 @@ static void test_llama31_dates(void)
                                      NULL, NULL), 0);
     CHECK_STR(ct.date, "01 Jan 2025");
     CHECK_INT(ct.date_today, 0);
+    /* strftime_now set first, the literal fallback after it (as in Llama 3.2) */
+    static const char both[] = "<|start_header_id|>Cutting Knowledge Date{%- set date_string = strftime_now(\"%d %b %Y\") %}"
+                               "{%- else %}{%- set date_string = \"02 Feb 2025\" %}";
+    CHECK_INT(eng_chat_template_init(&ct, both, NULL, NULL), 0);
+    CHECK_STR(ct.date, "02 Feb 2025");
+    CHECK_INT(ct.date_today, 1);
+    CHECK_INT(eng_chat_template_init(&ct, both, "llama3.1", NULL), 0); /* the override keeps the template's dates */
+    CHECK_STR(ct.date, "02 Feb 2025");
+    CHECK_INT(ct.date_today, 1);
 }
 
 static long render(const char *kind, const eng_chat_msg *m, size_t n, char *out, size_t cap, eng_err *err)

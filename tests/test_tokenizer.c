@@ -614,6 +614,42 @@ static void check_spm_first_space(const eng_tokenizer *t)
     CHECK(n > 0 && out[0] != ' ');
 }
 
+/* name.extra, where a fixture has one: texts the corpus lacks, one per line as
+ * "parse_special hex-of-the-UTF-8 id,id,...", with HF's ids. Returns the lines that differ. */
+static int check_extra(const eng_tokenizer *t, const char *name)
+{
+    char path[256], line[1024], text[256];
+    snprintf(path, sizeof path, TEST_DATA(TOK_DIR "%s.extra"), name);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0; /* this fixture has none */
+    int bad = 0, n_lines = 0;
+    while (fgets(line, sizeof line, f)) {
+        int parse, used;
+        char hex[512];
+        if (sscanf(line, "%d %511s %n", &parse, hex, &used) != 2 || strlen(hex) / 2 >= sizeof text) {
+            bad++;
+            continue;
+        }
+        size_t len = strlen(hex) / 2;
+        for (size_t i = 0; i < len; i++)
+            sscanf(hex + 2 * i, "%2hhx", (unsigned char *)&text[i]);
+        int32_t want[64], got[64];
+        size_t n_want = 0;
+        for (char *p = line + used; n_want < 64 && *p && *p != '\n'; p += *p == ',')
+            want[n_want++] = (int32_t)strtol(p, &p, 10);
+        long n = eng_tokenize(t, text, len, 0, parse, got, 64);
+        if (n != (long)n_want || memcmp(got, want, n_want * sizeof *want) != 0) {
+            fprintf(stderr, "  %s: extra text %s: got %ld ids, want %zu (%s)\n", name, hex, n, n_want, line + used);
+            bad++;
+        }
+        n_lines++;
+    }
+    fclose(f);
+    fprintf(stderr, "  %s: %d extra texts\n", name, n_lines);
+    return bad;
+}
+
 /* `name` is a Hugging Face folder, or with gguf set a GGUF file (name.gguf), in
  * tests/data/tokenizer/ with its reference name.ref. */
 static void check_tiny(const char *name, int gguf, uint32_t want_model, uint32_t want_pre, int want_space,
@@ -648,6 +684,7 @@ static void check_tiny(const char *name, int gguf, uint32_t want_model, uint32_t
         int lead_lost = m.vocab.add_space_prefix == SNAP_SPACE_ALWAYS || m.vocab.add_space_prefix == SNAP_SPACE_FIRST;
         CHECK_INT(check_roundtrip(t, &r, name, lead_lost), 0);
         CHECK_INT(check_stream(t, &r, name), 0);
+        CHECK_INT(check_extra(t, name), 0);
         CHECK_INT(check_invalid_utf8(t, name, lead_lost), 0);
         if (want_model == SNAP_TOK_SPM)
             check_spm_first_space(t);
