@@ -246,7 +246,7 @@ static void llama31_date(eng_chat_template *ct, const char *text)
     ct->date_today = strstr(text, "strftime_now") != NULL;
     static const char set[] = "set date_string = ";
     for (const char *p = strstr(text, set); p; p = strstr(p + 1, set)) {
-        const char *q = p + strlen(set), *e = NULL; /* the first quoted literal (3.2 sets strftime_now's first) */
+        const char *q = p + strlen(set), *e; /* the first quoted literal (3.2 sets strftime_now's first) */
         if ((*q == '"' || *q == '\'') && (e = strchr(q + 1, *q)) && (size_t)(e - q - 1) < sizeof ct->date) {
             memcpy(ct->date, q + 1, (size_t)(e - q - 1));
             ct->date[e - q - 1] = 0;
@@ -384,10 +384,12 @@ static size_t llama31_system(const eng_chat_template *ct, const eng_chat_msg *ms
 {
     char today[32];
     const char *date = ct->date;
-    time_t now = time(NULL);
-    struct tm tm;
-    if (ct->date_today && localtime_r(&now, &tm) && strftime(today, sizeof today, "%d %b %Y", &tm) > 0)
-        date = today; /* transformers' strftime_now: local time; thaw never sets a locale, so "C" names */
+    if (ct->date_today) { /* transformers' strftime_now: local time; thaw never sets a locale, so "C" names */
+        time_t now = time(NULL);
+        struct tm tm;
+        if (localtime_r(&now, &tm) && strftime(today, sizeof today, "%d %b %Y", &tm) > 0)
+            date = today;
+    }
     puts_(o, "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: ");
     puts_(o, date);
     puts_(o, "\n\n");

@@ -28,6 +28,19 @@ static eng_model *open_model(const char *path, uint64_t kv_mem, uint32_t n_ctx)
     return m;
 }
 
+/* The default model (n_ctx positions, kv_mem bytes of KV or 0 for the default) and an engine
+ * on it; NULL (message printed) on failure, *m then NULL or the model to close. */
+static eng_engine *model_engine(uint64_t kv_mem, uint32_t n_ctx, const eng_engine_opts *opts, eng_model **m)
+{
+    eng_engine *e = NULL;
+    eng_err err;
+    if (!(*m = open_model(MODEL, kv_mem, n_ctx)))
+        return NULL;
+    if (eng_engine_create(*m, opts, &e, &err) != 0)
+        fprintf(stderr, "  engine: %s\n", err.msg);
+    return e;
+}
+
 typedef struct job {
     eng_engine *e;
     const eng_tokenizer *tok;
@@ -89,12 +102,10 @@ static void concurrent_equals_alone(uint64_t kv_mem, int expect_preemption)
 {
     if (access(MODEL, R_OK) != 0)
         TEST_SKIP("default model not present (run `make model`)");
-    eng_model *m = open_model(MODEL, kv_mem, 512);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
+    eng_model *m = NULL;
     eng_engine_opts o = {.max_seqs = 8, .max_batch_tokens = 64};
-    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_engine *e = model_engine(kv_mem, 512, &o, &m);
+    REQUIRE(e != NULL);
     static job alone[N_PROMPTS], together[N_PROMPTS];
     for (size_t i = 0; i < N_PROMPTS; i++) {
         alone[i] = (job){e, eng_model_tokenizer(m), prompts[i], lens[i], 0, {0}, 0, 0, 0};
@@ -144,11 +155,9 @@ static void test_prefix_cache_reuse(void)
 {
     if (access(MODEL, R_OK) != 0)
         TEST_SKIP("default model not present (run `make model`)");
-    eng_model *m = open_model(MODEL, 0, 512);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
-    REQUIRE(eng_engine_create(m, NULL, &e, &err) == 0);
+    eng_model *m = NULL;
+    eng_engine *e = model_engine(0, 512, NULL, &m);
+    REQUIRE(e != NULL);
     const char *sys = "<|im_start|>system\nYou are a careful assistant who answers in one short sentence and "
                       "never adds anything else, not even a greeting or a closing remark.<|im_end|>\n";
     char p1[1024], p2[1024];
@@ -446,12 +455,10 @@ static void test_cancel_queued(void)
 {
     if (access(MODEL, R_OK) != 0)
         TEST_SKIP("default model not present (run `make model`)");
-    eng_model *m = open_model(MODEL, 0, 2048);
-    REQUIRE(m != NULL);
-    eng_engine *e = NULL;
-    eng_err err;
+    eng_model *m = NULL;
     eng_engine_opts o = {.max_seqs = 1, .max_queue = 1};
-    REQUIRE(eng_engine_create(m, &o, &e, &err) == 0);
+    eng_engine *e = model_engine(0, 2048, &o, &m);
+    REQUIRE(e != NULL);
     eng_request *a = submit_n(e, 4, 2000);
     REQUIRE(a);
     eng_event ev;
