@@ -37,6 +37,11 @@ except ImportError:
 
 THAW = os.environ.get("THAW_BIN") or os.path.join(ROOT, "thaw")
 MODEL = os.path.join(ROOT, "models", "smollm2-135m-instruct.thaw")
+# THAW_TEST_DEVICE=cuda serves every instance on the GPU (`make test-gpu`; THAW_BIN a CUDA=1 build).
+# There each caps its KV pool at the CPU default (4 contexts of SmolLM2): by default a CUDA
+# instance takes what --gpu-mem-fraction leaves, and the instances here share one GPU.
+DEVICE = os.environ.get("THAW_TEST_DEVICE", "cpu")
+DEVICE_ARGS = ["--device", DEVICE] + (["--kv-mem", "800M"] if DEVICE != "cpu" else [])
 STOP_SECONDS = 30  # SIGSTOP duration (FC idle mode freezes instances)
 
 TMP = tempfile.mkdtemp(prefix="thaw-serve-test-")
@@ -53,7 +58,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         e = {k: v for k, v in os.environ.items() if not k.startswith(("THAW_", "FC_"))}
         e.update(env or {})
-        cmd = [THAW, "serve", "-m", MODEL, "--threads", "2", *args]
+        cmd = [THAW, "serve", "-m", MODEL, "--threads", "2", *DEVICE_ARGS, *args]
         if expect_port is None and "--port" not in args:
             cmd += ["--port", "0"]
         self.t_exec = time.monotonic()

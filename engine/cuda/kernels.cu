@@ -23,6 +23,59 @@
 
 static inline cudaStream_t st(void *s) { return (cudaStream_t)s; }
 
+/* ---- programmatic dependent launch -------------------------------------------------------
+ * On sm_90 and later the kernels of a forward (GEMVs, RoPE, attention, RMSNorm) launch with
+ * programmatic stream serialization: every kernel first lets the next one in the stream be
+ * launched (pdl_next), and that one runs up to its pdl_wait() while this one still runs. Before
+ * pdl_wait() a kernel reads only what no kernel writes (weights, its arguments) and writes
+ * nothing: the GEMVs issue their first weight loads there, so launch latency and a GEMV's ramp
+ * overlap the kernel before it. pdl_wait() returns once the kernels before it in the stream
+ * have finished and their writes are visible (a no-op in a plain launch). THAW_CUDA_PDL=0
+ * launches plainly, for comparison. */
+__device__ __forceinline__ void pdl_next(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+static bool pdl_on(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        int dev = 0, major = 0;
+        const char *e = getenv("THAW_CUDA_PDL");
+        cudaGetDevice(&dev);
+        v = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+            !(e && *e == '0');
+    }
+    return v;
+}
+
+/* k<<<grid, block, smem, s>>>(args..), with programmatic serialization where pdl_on() */
+template <typename... P, typename... A>
+static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args)
+{
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
 /* ---- weight access ------------------------------------------------------------------------ */
 
 /* Block b (of nb per row) of row r, as 32 floats. */
@@ -373,6 +426,7 @@ __global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_const
     const int lane = threadIdx.x % 32;
     const uint64_t nb = a.cols / 32, J = (nb + 31) / 32, step = (uint64_t)gridDim.x * G2_WARPS;
     const uint64_t first = (uint64_t)blockIdx.x * G2_WARPS;
+    pdl_next();
     if (first >= a.groups)
         return; /* the whole CTA: before any barrier */
     const uint64_t items = (a.groups - first + step - 1) / step * J;
@@ -393,6 +447,7 @@ __global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_const
             pj++;
         }
     }
+    pdl_wait(); /* x is the kernel before's output */
     __shared__ float ss[NT * G2_WARPS];
     g2_quantize<NT>(a.x, a.ldx, nb, (uint8_t *)g2_sm, a.norm_w, a.eps, ss);
     __syncthreads();
@@ -515,7 +570,7 @@ static int g2_launch(g2_args &a, uint32_t T, uint64_t groups, cudaStream_t s, en
     switch (T) {
 #define G2_CASE(NT)                                                                                                   \
     case NT:                                                                                                          \
-        gemv2_kernel<NT, G2_R, PAIR, QB><<<grid, G2_WARPS * 32, smem, s>>>(a);                                      \
+        (void)launch_pdl(gemv2_kernel<NT, G2_R, PAIR, QB>, grid, G2_WARPS * 32, smem, s, a);                        \
         break;
         G2_CASE(1) G2_CASE(2) G2_CASE(3) G2_CASE(4)
 #undef G2_CASE
@@ -754,6 +809,7 @@ extern "C" int ecu_add_bias(float *d_y, const float *d_bias, uint64_t rows, uint
 __global__ void embed_kernel(ecu_mat m, const int32_t *tokens, uint32_t n_tokens, float *x)
 {
     uint64_t nb = m.cols / 32;
+    pdl_next(); /* launched plainly: the first kernel of a forward */
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_tokens * nb;
          i += (uint64_t)gridDim.x * blockDim.x) {
         uint64_t t = i / nb, b = i % nb;
@@ -795,6 +851,8 @@ __global__ void rmsnorm_kernel(float *x, const float *add, const uint32_t *rows,
                                float eps)
 {
     __shared__ float sh[32];
+    pdl_next();
+    pdl_wait();
     uint64_t row = rows ? rows[blockIdx.x] : blockIdx.x;
     float *xr = x + row * n;
     float ss = 0.0f;
@@ -816,7 +874,7 @@ __global__ void rmsnorm_kernel(float *x, const float *add, const uint32_t *rows,
 extern "C" int ecu_rmsnorm(float *d_x, const float *d_add, const uint32_t *d_rows, const float *d_w, float *d_out,
                            uint32_t n_rows, uint32_t n, float eps, void *stream, eng_err *err)
 {
-    rmsnorm_kernel<<<n_rows, 1024, 0, st(stream)>>>(d_x, d_add, d_rows, d_w, d_out, n, eps);
+    (void)launch_pdl(rmsnorm_kernel, n_rows, 1024, 0, st(stream), d_x, d_add, d_rows, d_w, d_out, n, eps);
     LAUNCH_CHECK(err);
 }
 
@@ -862,6 +920,8 @@ __global__ void rope_store_kernel(ecu_attn_shape s, ecu_kv_batch kb, const float
                                   const float *v, __half *kc, __half *vc)
 {
     const uint32_t t = blockIdx.x, h = blockIdx.y, D = s.head_dim, half = D / 2, H = s.n_head;
+    pdl_next();
+    pdl_wait();
     const int32_t p = kb.d_pos[t];
     const uint32_t i = threadIdx.x;
     float *vec = h < H ? q + ((uint64_t)t * H + h) * D : k + ((uint64_t)t * s.n_head_kv + (h - H)) * D;
@@ -886,8 +946,8 @@ extern "C" int ecu_rope_store(const ecu_attn_shape *s, const ecu_kv_batch *kb, u
                               float *d_q, float *d_k, const float *d_v, void *d_kc, void *d_vc, void *stream, eng_err *err)
 {
     dim3 grid(n_tokens, s->n_head + s->n_head_kv);
-    rope_store_kernel<<<grid, s->head_dim / 2, 0, st(stream)>>>(*s, *kb, d_inv_freq, d_q, d_k, d_v, (__half *)d_kc,
-                                                               (__half *)d_vc);
+    (void)launch_pdl(rope_store_kernel, grid, s->head_dim / 2, 0, st(stream), *s, *kb, d_inv_freq, d_q, d_k, d_v,
+                     (__half *)d_kc, (__half *)d_vc);
     LAUNCH_CHECK(err);
 }
 
@@ -929,6 +989,8 @@ attention_kernel(ecu_attn_shape s, ecu_kv_batch kb, const float *q, const __half
     const uint32_t kvh = h / (s.n_head / s.n_head_kv), lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     constexpr int KU = DL == 8 ? ATT_KU / 2 : ATT_KU; /* keys per round per warp (registers) */
     const float scale = 1.0f / sqrtf((float)D);
+    pdl_next();
+    pdl_wait();
     float qv[DL], acc[DL];
     const float *qp = q + ((uint64_t)t * H + h) * D + lane * DL;
 #pragma unroll
@@ -1009,9 +1071,12 @@ extern "C" int ecu_attention(const ecu_attn_shape *s, const ecu_kv_batch *kb, ui
     dim3 g2(s->n_head, n_tokens);
     const __half *k2 = (const __half *)d_kc, *v2 = (const __half *)d_vc;
     switch (s->head_dim) {
-    case 64: attention_kernel<2><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
-    case 128: attention_kernel<4><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
-    case 256: attention_kernel<8><<<g2, ATT_WARPS * 32, 0, st(stream)>>>(*s, *kb, d_q, k2, v2, d_out); LAUNCH_CHECK(err);
+#define ATT_CASE(D, DL)                                                                                               \
+    case D:                                                                                                           \
+        (void)launch_pdl(attention_kernel<DL>, g2, ATT_WARPS * 32, 0, st(stream), *s, *kb, d_q, k2, v2, d_out);     \
+        LAUNCH_CHECK(err);
+        ATT_CASE(64, 2) ATT_CASE(128, 4) ATT_CASE(256, 8)
+#undef ATT_CASE
     default:
         return eng_fail(err, ENG_EUNSUPPORTED, "attention: head_dim %u (the CUDA backend takes 64, 128 or 256)",
                         s->head_dim);
