@@ -213,11 +213,20 @@ def test_sdk(a):
     check("".join(x.choices[0].text for x in st) == r.choices[0].text, "sdk completion stream: stop string",
           st)
 
-    # seed reproducibility at temperature 1
-    outs = [client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Tell me a story."}],
-                                           max_tokens=16, temperature=1.0, seed=1234).choices[0].message.content
-            for _ in range(2)]
-    check(outs[0] == outs[1], "sdk: same seed, same output", outs)
+    # seed reproducibility at temperature 1. On CUDA a prompt's logits depend on how it is
+    # batched (the GEMV kernels take batches of up to 4 tokens, GEMMs larger ones), and the
+    # second request's prefix-cache hit leaves it a 3-token prefill; so there only a prompt
+    # shorter than one KV block (nothing cached) must repeat exactly (README: "Numerics")
+    if DEVICE == "cpu":
+        outs = [client.chat.completions.create(model="x", messages=[{"role": "user", "content": "Tell me a story."}],
+                                               max_tokens=16, temperature=1.0, seed=1234).choices[0].message.content
+                for _ in range(2)]
+        check(outs[0] == outs[1], "sdk: same seed, same output", outs)
+    else:
+        skip(f"same seed after a prefix-cache hit: not exact on {DEVICE} (batch-dependent kernels)")
+    outs = [client.completions.create(model="x", prompt="Once upon a time", max_tokens=16, temperature=1.0,
+                                      seed=99).choices[0].text for _ in range(2)]
+    check(outs[0] and outs[0] == outs[1], "sdk: same seed, same output (a prompt under one KV block)", outs)
 
     r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=6, n=2, seed=7, temperature=1.0)
     check([ch.index for ch in r.choices] == [0, 1], "sdk: n=2 gives two choices", r.choices)

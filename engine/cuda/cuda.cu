@@ -78,7 +78,8 @@ typedef struct ecu_ctx {
     ecu_mat embd, output;
     const float *output_norm;
     ecu_layer *layers;
-    int fused;                         /* every layer matrix takes the fused GEMVs (ecu_gemv_fusable) */
+    uint32_t fused_tokens;             /* most tokens for which every layer matrix takes the fused GEMVs
+                                        * (ecu_gemv_fusable); 0: none */
     float *d_inv_freq;                 /* [D/2] */
     uint32_t max_tokens, max_ctx, n_blocks;
     void *d_kc, *d_vc;                 /* f16 KV pool */
@@ -376,7 +377,7 @@ static int qkv(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *er
 /* g = silu(Wg att) * (Wu att): fused into one launch on the GEMV path */
 static int gate_up(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *err)
 {
-    if (T <= ECU_GEMV_MAX_TOKENS && ecu_gemv_swiglu_ok(&L->wg, &L->wu))
+    if (T <= ECU_GEMV_MAX_TOKENS && ecu_gemv_swiglu_ok(&L->wg, &L->wu, T))
         return ecu_gemv_swiglu(&L->wg, &L->wu, cx->att, T, cx->g, NULL, s, err);
     int rc;
     if ((rc = matmul(cx, s, &L->wg, cx->att, T, cx->g, NULL, err)) ||
@@ -402,7 +403,7 @@ static int forward_body(ecu_ctx *cx, cudaStream_t stream, uint32_t T, uint32_t n
     int rc;
     if ((rc = PROF(OP_EMBED, ecu_embed(&cx->embd, d_tok, T, cx->x, s, err))))
         return rc;
-    if (T <= ECU_GEMV_MAX_TOKENS && cx->fused) {
+    if (T <= cx->fused_tokens) {
         /* the GEMV path: each layer's two RMSNorms ride in the QKV and gate/up products' input,
          * the two residual adds in the output and down products' (x += W a) */
         for (uint32_t l = 0; l < c->n_layer; l++) {
@@ -680,14 +681,16 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
             cx->output = cx->embd;
         else if ((rc = bind(cx, f, "output.weight", &cx->output, NULL, 1, err)))
             goto fail;
-        cx->fused = 1;
+        cx->fused_tokens = ECU_GEMV_MAX_TOKENS;
         for (uint32_t l = 0; l < c->n_layer; l++) {
             ecu_layer *L = &cx->layers[l];
             int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
             ENG_BIND_LAYER();
             const ecu_mat *ms[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
-            for (int i = 0; i < 7; i++)
-                cx->fused = cx->fused && ecu_gemv_fusable(ms[i]) && ms[i]->dtype == L->wq.dtype;
+            for (int i = 0; i < 7; i++) /* x of fewer tokens needs less shared memory */
+                while (cx->fused_tokens &&
+                       !(ecu_gemv_fusable(ms[i], cx->fused_tokens) && ms[i]->dtype == L->wq.dtype))
+                    cx->fused_tokens--;
         }
         uint32_t half = c->head_dim / 2;
         float *hf = (float *)malloc(2 * half * sizeof(float));

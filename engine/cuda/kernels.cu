@@ -188,14 +188,14 @@ gemv_kernel(ecu_mat m, const float *__restrict__ x, uint64_t ldx, float *__restr
     }
 }
 
-static bool g2_fits(const ecu_mat *m);
+static bool g2_fits(const ecu_mat *m, uint32_t T);
 static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                      const float *d_bias, void *stream, eng_err *err);
 
 extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                         const float *d_bias, void *stream, eng_err *err)
 {
-    if (n_tokens >= 1 && n_tokens <= ECU_GEMV_MAX_TOKENS && g2_fits(m))
+    if (g2_fits(m, n_tokens))
         return g2_single(m, d_x, ldx, n_tokens, d_y, ldy, d_bias, stream, err);
     unsigned grid = (unsigned)((m->rows + GEMV_WARPS - 1) / GEMV_WARPS);
     dim3 blk(GEMV_WARPS * 32);
@@ -213,13 +213,18 @@ extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32
  *
  * Decode is bound by reading the weights once, so the arithmetic per weight must stay small:
  * with f32 activations a q4 weight costs ~5 instructions (unpack, convert, multiply-add) and
- * an H100 tops out near half its memory bandwidth. So, as llama.cpp's CUDA backend does, the
- * activations are quantized to int8 per block of 32 (scale dx = max|x| / 127) and each block
- * is one integer dot product of 8 dp4a instructions:
- *   sum (d q + m) x  ~=  d dx sum(q qx) + m dx sum(qx)        (q8: m = 0, q signed)
- * Each CTA quantizes x itself into shared memory (x: f32 [T][cols] in global memory; shared:
- * per token the blocks' low and high 16 bytes in two planes, so 32 lanes reading 16 bytes
- * each hit distinct banks, then the scales dx and dx sum(qx)).
+ * an H100 tops out near half its memory bandwidth. So the activations are quantized to
+ * integers per block of 32 and each block is integer dot products (dp4a, 4 products each).
+ * One int8 level (scale dx = max|x| / 127, as llama.cpp's CUDA backend does) cost too much:
+ * SmolLM2's decode logits were 0.15 off the CPU's (normalised) and greedy answers changed.
+ * So x is two int8 levels: qx = round(x / dx), then the rest, lx = round((x - qx dx) / ex)
+ * with ex = dx / 254, about 15 bits in all (the divisions are multiplies by 127 / max|x| and
+ * 254 times that):
+ *   sum (d q + m) x  ~=  d ex sum(q (254 qx + lx)) + m sum(qx dx + lx ex)   (q8: m = 0)
+ * i.e. 16 dp4a per block and row. Each CTA quantizes x itself into shared memory (x: f32
+ * [T][cols] in global memory; shared: per token four planes of 16 bytes per block -- qx's
+ * low and high halves, then lx's -- so 32 lanes reading 16 bytes each hit distinct banks,
+ * then the scales ex and the sums).
  *
  * Each warp streams R = 2 weight rows: lane l owns blocks l, l + 32, ..; a block is one
  * 16-byte load of quants per row (two for q8) plus its f16 scale (and minimum), DEPTH blocks
@@ -229,7 +234,6 @@ extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32
  * silu(gate) * up (PAIR).
  */
 #define G2_WARPS 8
-#define G2_SMEM_CAP (96u << 10) /* at most this much quantized x per CTA (less where the GPU allows less) */
 
 typedef struct g2_args {
     ecu_mat m[3];
@@ -246,8 +250,8 @@ typedef struct g2_args {
     int accum;        /* y += W x (the residual add) instead of y = W x + bias */
 } g2_args;
 
-/* shared bytes for T tokens of nb blocks: two 16-byte planes and two floats per block */
-__host__ __device__ static inline uint64_t g2_smem_bytes(uint32_t T, uint64_t nb) { return (uint64_t)T * nb * 40; }
+/* shared bytes for T tokens of nb blocks: four 16-byte planes and two floats per block */
+__host__ __device__ static inline uint64_t g2_smem_bytes(uint32_t T, uint64_t nb) { return (uint64_t)T * nb * 72; }
 
 /* Block b of one row, loaded ahead of use: its quants, scale and (q4) minimum. */
 template <int QB>
@@ -304,8 +308,8 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, sub = lane % 8;
     for (int t = 0; t < NT; t++) {
         float sq = 0.0f; /* this thread's share of sum x^2 (norm_w set) */
-        uint8_t *p0 = sm + (uint64_t)t * nb * 32, *p1 = p0 + nb * 16;
-        float *dx = (float *)(sm + (uint64_t)NT * nb * 32) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+        uint8_t *p0 = sm + (uint64_t)t * nb * 64;
+        float *dx = (float *)(sm + (uint64_t)NT * nb * 64) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
         for (uint64_t base = 0; base < nb; base += 4 * G2_WARPS * G2_QU) {
             float4 v[G2_QU];
             uint64_t bl[G2_QU];
@@ -330,23 +334,32 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
 #pragma unroll
                 for (int o = 4; o > 0; o /= 2) /* the 8 lanes of this block */
                     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-                const float d = amax / 127.0f;
-                int q0 = 0, q1 = 0, q2 = 0, q3 = 0;
+                /* each CTA quantizes all of x, so per value this is a few multiplies, no divides */
+                const float d = amax / 127.0f, e = d / 254.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f, ie = 254.0f * id;
+                const float vv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+                uint32_t hi = 0, lo = 0;
+                int sh = 0, sl = 0;
                 if (amax > 0.0f) {
-                    q0 = __float2int_rn(v[u].x / d), q1 = __float2int_rn(v[u].y / d);
-                    q2 = __float2int_rn(v[u].z / d), q3 = __float2int_rn(v[u].w / d);
-                }
-                int sum = q0 + q1 + q2 + q3;
 #pragma unroll
-                for (int o = 4; o > 0; o /= 2)
-                    sum += __shfl_xor_sync(0xffffffffu, sum, o);
+                    for (int i = 0; i < 4; i++) {
+                        const int q = __float2int_rn(vv[i] * id);
+                        const int l = max(-127, min(127, __float2int_rn((vv[i] - (float)q * d) * ie)));
+                        hi |= (uint32_t)(q & 0xFF) << (8 * i), lo |= (uint32_t)(l & 0xFF) << (8 * i);
+                        sh += q, sl += l;
+                    }
+                }
+#pragma unroll
+                for (int o = 4; o > 0; o /= 2) {
+                    sh += __shfl_xor_sync(0xffffffffu, sh, o);
+                    sl += __shfl_xor_sync(0xffffffffu, sl, o);
+                }
                 if (bl[u] < nb) {
-                    const uint32_t packed = (uint32_t)(q0 & 0xFF) | (uint32_t)(q1 & 0xFF) << 8 |
-                                            (uint32_t)(q2 & 0xFF) << 16 | (uint32_t)(q3 & 0xFF) << 24;
-                    const int e = sub * 4; /* this lane's first value in the block */
-                    *(uint32_t *)(e < 16 ? p0 + bl[u] * 16 + e : p1 + bl[u] * 16 + e - 16) = packed;
+                    const int f = sub * 4; /* this lane's first value in the block: plane f / 16 */
+                    uint8_t *ph = p0 + (f < 16 ? 0 : nb * 16) + bl[u] * 16 + f % 16;
+                    *(uint32_t *)ph = hi;
+                    *(uint32_t *)(ph + nb * 32) = lo;
                     if (sub == 0)
-                        dx[bl[u]] = d, sx[bl[u]] = d * (float)sum;
+                        dx[bl[u]] = e, sx[bl[u]] = d * (float)sh + e * (float)sl;
                 }
             }
         }
@@ -365,7 +378,7 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
             for (int w = 0; w < G2_WARPS; w++)
                 sum += ss[t * G2_WARPS + w];
             const float r = 1.0f / sqrtf(sum / (float)(nb * 32) + eps);
-            float *dx = (float *)(sm + (uint64_t)NT * nb * 32) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+            float *dx = (float *)(sm + (uint64_t)NT * nb * 64) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
             for (uint64_t b = threadIdx.x; b < nb; b += blockDim.x)
                 dx[b] *= r, sx[b] *= r;
         }
@@ -419,7 +432,7 @@ struct g2_rows {
  * loads DEPTH items ahead, across row groups, so a warp never waits for a new row's first
  * blocks. Rounds: row groups base + warp, base + warp + gridDim.x * G2_WARPS, .. */
 template <int NT, int R, bool PAIR, int QB>
-__global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_constant__ g2_args a)
+__global__ void __launch_bounds__(G2_WARPS * 32, 2) gemv2_kernel(const __grid_constant__ g2_args a)
 {
     extern __shared__ uint4 g2_sm[];
     constexpr int DEPTH = QB == 16 ? 4 : 2; /* items in flight per lane */
@@ -432,7 +445,7 @@ __global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_const
     const uint64_t items = (a.groups - first + step - 1) / step * J;
     const uint64_t grp0 = first + threadIdx.x / 32;
     const uint8_t *sm = (const uint8_t *)g2_sm;
-    const float *sdx = (const float *)(sm + (uint64_t)NT * nb * 32), *ssx = sdx + (uint64_t)NT * nb;
+    const float *sdx = (const float *)(sm + (uint64_t)NT * nb * 64), *ssx = sdx + (uint64_t)NT * nb;
 
     g2_rows<R, PAIR, QB> cur, pre;
     g2_blk<QB> v[DEPTH][R];
@@ -471,14 +484,15 @@ __global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_const
             if (bb < nb) {
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
-                    const uint8_t *p0 = sm + (uint64_t)t * nb * 32;
-                    const uint4 x0 = *(const uint4 *)(p0 + bb * 16), x1 = *(const uint4 *)(p0 + nb * 16 + bb * 16);
-                    const float dx = sdx[t * nb + bb], sx = ssx[t * nb + bb];
+                    const uint4 *p = (const uint4 *)(sm + (uint64_t)t * nb * 64) + bb;
+                    const uint4 h0 = p[0], h1 = p[nb], l0 = p[2 * nb], l1 = p[3 * nb];
+                    const float ex = sdx[t * nb + bb], sx = ssx[t * nb + bb];
 #pragma unroll
                     for (int r = 0; r < R; r++) {
                         const float d = __half2float(v[u][r].d);
                         const float m = QB == 16 ? __half2float(v[u][r].m) : 0.0f;
-                        acc[r][t] += d * dx * (float)g2_dot<QB>(v[u][r], x0, x1) + m * sx;
+                        const int s = 254 * g2_dot<QB>(v[u][r], h0, h1) + g2_dot<QB>(v[u][r], l0, l1);
+                        acc[r][t] += d * ex * (float)s + m * sx;
                     }
                 }
             }
@@ -530,34 +544,47 @@ __global__ void __launch_bounds__(G2_WARPS * 32) gemv2_kernel(const __grid_const
 
 #define G2_R 2
 
-/* dynamic shared memory a CTA may have: 96 KB, or where the GPU allows less (T4: 64 KB, V100:
- * 96 KB in all), its opt-in limit less 1 KB for the kernel's own static shared memory (the
- * norm's partial sums): the two together must fit, or raising the limit fails */
-static uint32_t g2_smem_max(void)
+/* The device facts the GEMV launches use, read once: multiprocessors, shared memory per
+ * multiprocessor, and the dynamic shared memory a CTA may have -- the opt-in limit (H100:
+ * 227 KB, A100: 163 KB, A10/Ada: 99 KB, T4: 64 KB) less 1 KB for the kernel's own static
+ * shared memory (the norm's partial sums): the two together must fit, or raising the limit
+ * fails. */
+static struct {
+    int sms;
+    uint32_t smem_sm, smem_max;
+} g2_dev;
+
+static void g2_device(void)
 {
-    static uint32_t v;
-    if (!v) {
-        int dev = 0, optin = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || optin <= 0)
-            optin = 48 << 10;
-        uint32_t room = (uint32_t)optin - 1024;
-        v = room < G2_SMEM_CAP ? room : G2_SMEM_CAP;
-    }
-    return v;
+    if (__atomic_load_n(&g2_dev.sms, __ATOMIC_ACQUIRE))
+        return;
+    int dev = 0, sms = 0, optin = 0, per_sm = 0;
+    cudaGetDevice(&dev);
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || optin <= 0)
+        optin = 48 << 10;
+    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess || per_sm <= 0)
+        per_sm = optin;
+    g2_dev.smem_max = (uint32_t)optin - 1024;
+    g2_dev.smem_sm = (uint32_t)per_sm;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+        sms = 16;
+    __atomic_store_n(&g2_dev.sms, sms, __ATOMIC_RELEASE);
 }
 
-/* CTAs for a persistent launch: two per multiprocessor (16 warps), fewer for small matrices */
-static unsigned g2_grid(uint64_t groups)
+static uint32_t g2_smem_max(void)
 {
-    static int sms;
-    if (!sms) {
-        int dev = 0;
-        cudaGetDevice(&dev);
-        if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
-            sms = 16;
-    }
-    uint64_t need = (groups + G2_WARPS - 1) / G2_WARPS, cap = 2ull * (uint64_t)sms;
+    g2_device();
+    return g2_dev.smem_max;
+}
+
+/* CTAs for a persistent launch: two per multiprocessor (16 warps) where two CTAs' shared memory
+ * fits (each also has 1 KB static and 1 KB the system reserves), else one; fewer for small
+ * matrices. All are resident at once: a CTA of a second wave would start only when one ends. */
+static unsigned g2_grid(uint64_t groups, uint64_t smem)
+{
+    g2_device();
+    uint64_t per_sm = 2 * (smem + 2048) <= g2_dev.smem_sm ? 2 : 1;
+    uint64_t need = (groups + G2_WARPS - 1) / G2_WARPS, cap = per_sm * (uint64_t)g2_dev.sms;
     return (unsigned)(need < cap ? need : cap);
 }
 
@@ -565,8 +592,8 @@ template <bool PAIR, int QB>
 static int g2_launch(g2_args &a, uint32_t T, uint64_t groups, cudaStream_t s, eng_err *err)
 {
     a.groups = groups;
-    unsigned grid = g2_grid(groups);
     size_t smem = (size_t)g2_smem_bytes(T, a.cols / 32);
+    unsigned grid = g2_grid(groups, smem);
     switch (T) {
 #define G2_CASE(NT)                                                                                                   \
     case NT:                                                                                                          \
@@ -596,7 +623,6 @@ static cudaError_t g2_raise(int bytes)
 extern "C" int ecu_prepare(void)
 {
     int bytes = (int)g2_smem_max();
-    g2_grid(1);
     if (bytes <= 47 << 10) /* up to 48 KB of static + dynamic needs no opt-in */
         return 0;
     cudaError_t e = g2_raise<false, 16>(bytes);
@@ -614,10 +640,10 @@ static bool is_split_quant(const ecu_mat *m)
     return m->layout == SNAP_LAYOUT_SPLIT && (m->dtype == SNAP_Q4 || m->dtype == SNAP_Q8);
 }
 
-/* SPLIT q4/q8, and x of ECU_GEMV_MAX_TOKENS tokens quantized fits in shared memory */
-static bool g2_fits(const ecu_mat *m)
+/* SPLIT q4/q8, and x of T tokens quantized fits in shared memory */
+static bool g2_fits(const ecu_mat *m, uint32_t T)
 {
-    return is_split_quant(m) && g2_smem_bytes(ECU_GEMV_MAX_TOKENS, m->cols / 32) <= g2_smem_max();
+    return is_split_quant(m) && T >= 1 && T <= ECU_GEMV_MAX_TOKENS && g2_smem_bytes(T, m->cols / 32) <= g2_smem_max();
 }
 
 /* Row groups from the stacked rows (PAIR: the gate's rows, R / 2 of them per group). */
@@ -650,7 +676,7 @@ static g2_args g2_setup(uint32_t n, const ecu_mat *m, const float *d_x, uint64_t
     return a;
 }
 
-/* ecu_gemv on a matrix g2_fits takes, with T <= ECU_GEMV_MAX_TOKENS */
+/* ecu_gemv on a matrix g2_fits takes at n_tokens */
 static int g2_single(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32_t n_tokens, float *d_y, uint64_t ldy,
                      const float *d_bias, void *stream, eng_err *err)
 {
@@ -668,7 +694,7 @@ extern "C" int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, ui
         return eng_fail(err, ENG_EINVAL, "gemv: %u matrices, %u tokens", n, n_tokens);
     bool same = true;
     for (uint32_t i = 0; i < n; i++)
-        same = same && g2_fits(&m[i]) && m[i].dtype == m[0].dtype && m[i].cols == m[0].cols;
+        same = same && g2_fits(&m[i], n_tokens) && m[i].dtype == m[0].dtype && m[i].cols == m[0].cols;
     if (!same && (norm || accum))
         return eng_fail(err, ENG_EUNSUPPORTED, "gemv: a fused norm or residual add needs SPLIT q4/q8 matrices");
     if (!same) {
@@ -693,7 +719,7 @@ extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const flo
 {
     if (n_tokens < 1 || n_tokens > ECU_GEMV_MAX_TOKENS || gate->rows != up->rows || gate->cols != up->cols)
         return eng_fail(err, ENG_EINVAL, "gemv_swiglu: shapes or %u tokens", n_tokens);
-    if (!ecu_gemv_swiglu_ok(gate, up))
+    if (!ecu_gemv_swiglu_ok(gate, up, n_tokens))
         return eng_fail(err, ENG_EUNSUPPORTED, "gemv_swiglu: needs SPLIT q4/q8 matrices of one dtype");
     const ecu_mat m[2] = {*gate, *up};
     g2_args a = g2_setup(2, m, d_x, gate->cols, norm);
@@ -701,11 +727,11 @@ extern "C" int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const flo
     return g2_run(a, true, n_tokens, stream, err);
 }
 
-extern "C" int ecu_gemv_fusable(const ecu_mat *m) { return g2_fits(m); }
+extern "C" int ecu_gemv_fusable(const ecu_mat *m, uint32_t n_tokens) { return g2_fits(m, n_tokens); }
 
-extern "C" int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up)
+extern "C" int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up, uint32_t n_tokens)
 {
-    return g2_fits(gate) && g2_fits(up) && gate->dtype == up->dtype && gate->rows == up->rows &&
+    return g2_fits(gate, n_tokens) && g2_fits(up, n_tokens) && gate->dtype == up->dtype && gate->rows == up->rows &&
            gate->cols == up->cols;
 }
 

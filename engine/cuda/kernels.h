@@ -40,15 +40,16 @@ typedef struct ecu_norm {
 /* n (1..3) matrices of the same columns on the same x, in one launch (Q, K, V):
  * d_y[i] [T][m[i].rows] = m[i] x (+ d_bias[i] when d_bias and d_bias[i] are set); with norm,
  * x is normalised first; with accum, d_y[i] += m[i] x (the residual add). norm and accum need
- * matrices for which ecu_gemv_fusable holds (SPLIT q4/q8); other matrices run one by one. */
+ * matrices for which ecu_gemv_fusable(m, n_tokens) holds (SPLIT q4/q8 whose quantized x of
+ * n_tokens fits in shared memory); other matrices run one by one. */
 int ecu_gemv_multi(uint32_t n, const ecu_mat *m, const float *d_x, uint32_t n_tokens, float *const *d_y,
                    const float *const *d_bias, const ecu_norm *norm, int accum, void *stream, eng_err *err);
-int ecu_gemv_fusable(const ecu_mat *m);
+int ecu_gemv_fusable(const ecu_mat *m, uint32_t n_tokens);
 /* d_y [T][rows] = silu(gate x) * (up x), fused (x normalised first with norm); only SPLIT
- * q4/q8 (ecu_gemv_swiglu_ok). */
+ * q4/q8 (ecu_gemv_swiglu_ok at n_tokens). */
 int ecu_gemv_swiglu(const ecu_mat *gate, const ecu_mat *up, const float *d_x, uint32_t n_tokens, float *d_y,
                     const ecu_norm *norm, void *stream, eng_err *err);
-int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up);
+int ecu_gemv_swiglu_ok(const ecu_mat *gate, const ecu_mat *up, uint32_t n_tokens);
 /* Rows [r0, r0 + n_rows) of W dequantized to f16, d_out [n_rows][cols]. */
 int ecu_dequant_f16(const ecu_mat *m, uint64_t r0, uint64_t n_rows, void *d_out, void *stream, eng_err *err);
 /* f32 -> f16, n elements. */
