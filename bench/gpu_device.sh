@@ -2,17 +2,21 @@
 # gpu_device.sh -- the GPU checks and benches on a machine with a GPU but without this
 # project's build dependencies (a lent device machine): runs prebuilt binaries.
 #   bench/gpu_device.sh BUILD_DIR [LIB_DIR] [WORK_DIR]
-# BUILD_DIR holds tests/test_gpu and bench/gpu (make CUDA=1 [CUDA_ARCHS=90] BUILD=...);
-# LIB_DIR the shared libraries they need that the machine lacks (liblz4, libxxhash, libcjson);
-# WORK_DIR (default /tmp/thaw-gpu) receives the synthetic snapshots. Steps, each logged:
+# BUILD_DIR holds tests/test_gpu, bench/gpu and thaw (make CUDA=1 [CUDA_ARCHS=90] BUILD=...);
+# LIB_DIR the shared libraries they need that the machine lacks (liblz4, libxxhash, libcjson,
+# libmicrohttpd); WORK_DIR (default /tmp/thaw-gpu) receives the synthetic snapshots. Steps,
+# each logged:
 #   1. test_gpu (what `make test-gpu` runs)
+#   1b. server: tests/test_server.py with every `thaw serve` on the GPU (THAW_TEST_DEVICE=cuda;
+#      the openai package on PYTHONPATH, else its SDK cases skip), on the default model packed
+#      from models/'s GGUF as `make model` packs it
 #   2. bench/gpu on synthetic Llama-3-8B (the issue's target shape) and Qwen2.5-0.5B, int4
 #   3. the 8B bench at concurrency 1 again with THAW_GPU_AB set in its environment (default
 #      THAW_CUDA_GRAPHS=0: decode without graphs; THAW_LOAD_IO=pread: the load read with
 #      pread instead of through a mapping), for comparison
 #   4. ncu (opt-in): per-kernel durations of a few decode layers
 #   5. test_gpu under compute-sanitizer memcheck with THAW_GPU_QUICK=1 (as `make test-gpu`)
-# THAW_GPU_STEPS picks steps (default "test bench ab memcheck"; "ncu" is opt-in: its one run,
+# THAW_GPU_STEPS picks steps (default "test server bench ab memcheck"; "ncu" is opt-in: its one run,
 # 2026-11-22, profiled nothing in 300 s). SmolLM2's GGUF, when at models/, is used by steps 1
 # and 5 as on any machine.
 set -u
@@ -38,11 +42,28 @@ echo "cpus $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
 ldd "$B/tests/test_gpu" | grep "not found" && { echo "missing libraries"; exit 1; }
 
 rc=0
-steps=" ${THAW_GPU_STEPS:-test bench ab memcheck} "
+steps=" ${THAW_GPU_STEPS:-test server bench ab memcheck} "
 has() { case $steps in *" $1 "*) return 0 ;; esac; return 1; }
 if has test; then
     step test_gpu
     timeout 300 "$B/tests/test_gpu" || rc=1
+fi
+
+if has server; then
+    step "server tests on the GPU"
+    # thaw through a wrapper that sets the library path for it alone (python keeps its own)
+    run="$W/thaw-run"
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$LD_LIBRARY_PATH" "$(realpath "$B/thaw")" > "$run"
+    chmod +x "$run"
+    gguf=models/SmolLM2-135M-Instruct.Q4_1.gguf
+    if [ -f "$gguf" ]; then
+        [ -f models/smollm2-135m-instruct.thaw ] ||
+            "$run" pack "$gguf" -o models/smollm2-135m-instruct.thaw --name SmolLM2-135M-Instruct \
+                --temperature 0.2 --top-p 0.9 || rc=1
+        env -u LD_LIBRARY_PATH THAW_TEST_DEVICE=cuda THAW_BIN="$run" timeout 300 python3 tests/test_server.py || rc=1
+    else
+        echo "no $gguf: server tests skipped"
+    fi
 fi
 
 has bench || THAW_BENCH_MODELS=
