@@ -187,8 +187,7 @@ test-gpu:
 	@if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then \
 	  echo "no GPU: skipping test-gpu (nvidia-smi finds no device)"; exit 0; fi; \
 	$(MAKE) CUDA=1 build-cuda/thaw build-cuda/tests/test_gpu && $(MAKE) model pydeps && build-cuda/tests/test_gpu || exit 1; \
-	py=python3; [ -x .venv/bin/python ] && py=.venv/bin/python; \
-	THAW_TEST_DEVICE=cuda THAW_BIN=build-cuda/thaw $$py tests/test_server.py || exit 1; \
+	THAW_TEST_DEVICE=cuda THAW_BIN=build-cuda/thaw python3 tests/test_server.py || exit 1; \
 	if command -v compute-sanitizer >/dev/null 2>&1 || [ -x $(CUDA_HOME)/bin/compute-sanitizer ]; then \
 	  PATH=$$PATH:$(CUDA_HOME)/bin THAW_GPU_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 1 \
 	    --leak-check full build-cuda/tests/test_gpu || exit 1; \

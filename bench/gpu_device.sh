@@ -53,13 +53,16 @@ if has server; then
     step "server tests on the GPU"
     # thaw through a wrapper that sets the library path for it alone (python keeps its own)
     run="$W/thaw-run"
-    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$LD_LIBRARY_PATH" "$(realpath "$B/thaw")" > "$run"
+    sq() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; } # single-quoted for sh
+    printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$(sq "$LD_LIBRARY_PATH")" "$(sq "$(realpath "$B/thaw")")" > "$run"
     chmod +x "$run"
-    gguf=models/SmolLM2-135M-Instruct.Q4_1.gguf
+    ldd "$B/thaw" | grep "not found"
+    gguf=models/SmolLM2-135M-Instruct.Q4_1.gguf # (run from the repository's root)
     if [ -f "$gguf" ]; then
+        # as `make model` packs it
         [ -f models/smollm2-135m-instruct.thaw ] ||
-            "$run" pack "$gguf" -o models/smollm2-135m-instruct.thaw --name SmolLM2-135M-Instruct \
-                --temperature 0.2 --top-p 0.9 || rc=1
+            "$run" pack "$gguf" -o models/smollm2-135m-instruct.thaw $(sed -n 's/^MODEL_PACK_FLAGS *:= *//p' Makefile) ||
+            rc=1
         env -u LD_LIBRARY_PATH THAW_TEST_DEVICE=cuda THAW_BIN="$run" timeout 300 python3 tests/test_server.py || rc=1
     else
         echo "no $gguf: server tests skipped"

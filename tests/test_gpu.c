@@ -79,18 +79,18 @@ static float frand(uint64_t *s)
 
 /* The decode GEMV for SPLIT q4/q8 quantizes activations to two int8 levels per block of 32,
  * as kernels.cu's g2_quantize does (in f32: dx = max|x| / 127, ex = dx / 254, q =
- * round-half-even(x * 127 / max|x|), l = round-half-even((x - q dx) * 254 * 127 / max|x|));
- * out gets the values the kernel then multiplies with (q dx + l ex). */
+ * round-half-even(x * 127 / max|x|), l = round-half-even(fma(-q, dx, x) * 254 * 127 / max|x|),
+ * zero below max|x| = 1e-36); out gets the values the kernel then multiplies with (q dx + l ex). */
 static void quantize_like_gemv(const float *x, uint64_t n, float *out)
 {
     for (uint64_t b = 0; b < n; b += 32) {
         float amax = 0;
         for (int i = 0; i < 32; i++)
             amax = fmaxf(amax, fabsf(x[b + i]));
-        float d = amax / 127.0f, e = d / 254.0f, id = amax > 0 ? 127.0f / amax : 0.0f, ie = 254.0f * id;
+        float d = amax / 127.0f, e = d / 254.0f, id = 127.0f / amax, ie = 254.0f * id;
         for (int i = 0; i < 32; i++) {
-            float q = rintf(x[b + i] * id), l = fminf(127.0f, fmaxf(-127.0f, rintf((x[b + i] - q * d) * ie)));
-            out[b + i] = amax > 0 ? q * d + l * e : 0.0f;
+            float q = rintf(x[b + i] * id), l = fminf(127.0f, fmaxf(-127.0f, rintf(fmaf(-q, d, x[b + i]) * ie)));
+            out[b + i] = amax > 1e-36f ? q * d + l * e : 0.0f;
         }
     }
 }
@@ -291,8 +291,15 @@ static void test_kernels_gemv_fused(void)
         for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
             /* variant 0: three matrices, biases; 1: the same with the norm folded in; 2: with
              * the norm and accumulating into y (the residual add) */
+            /* where x of T tokens does not fit the GPU's shared memory (T4 from 4 tokens), the
+             * matrices run one by one on f32 x and the fused variants are refused */
+            const int fz = ecu_gemv_fusable(&m[0], T);
             for (int var = 0; var < 3; var++) {
-                const float *biases[3] = {db, NULL, db}, *xr = var ? xnq : xq;
+                const float *biases[3] = {db, NULL, db}, *xr = var ? xnq : fz ? xq : x;
+                if (!fz && var) {
+                    CHECK_INT(ecu_gemv_multi(3, m, dx, T, dy, biases, &norm, var == 2, NULL, &err), ENG_EUNSUPPORTED);
+                    continue;
+                }
                 for (int k = 0; k < 3; k++)
                     ecu_h2d(dy[k], prev, T * rows[k] * 4);
                 CHECK_RUN(ecu_gemv_multi(3, m, dx, T, dy, biases, var ? &norm : NULL, var == 2, NULL, &err));
@@ -310,6 +317,11 @@ static void test_kernels_gemv_fused(void)
             /* gate = matrix 0, up = mu; without and with the norm */
             for (int var = 0; var < 2; var++) {
                 const float *xr = var ? xnq : xq;
+                if (!fz) {
+                    CHECK_INT(ecu_gemv_swiglu(&m[0], &mu, dx, T, dy[0], var ? &norm : NULL, NULL, &err),
+                              ENG_EUNSUPPORTED);
+                    continue;
+                }
                 CHECK_RUN(ecu_gemv_swiglu(&m[0], &mu, dx, T, dy[0], var ? &norm : NULL, NULL, &err));
                 CHECK_INT(ecu_sync(), 0);
                 for (uint32_t t = 0; t < T; t++)
@@ -334,8 +346,10 @@ static void test_kernels_gemv_fused(void)
 }
 
 /* The decode GEMV at sizes the small cases miss: 5000 rows (more row groups than the
- * persistent grid takes in one round), 16384 columns (x past 48 KB of shared memory from 3
- * tokens on); and the f16 dequantization of a row range that does not start at 0. */
+ * persistent grid takes in one round), 16384 columns (x past 48 KB of shared memory from 2
+ * tokens on, one CTA a multiprocessor from 4 on an H100, and past what A10/Ada or T4 take
+ * from 3 or 2: there the f32-x GEMV runs); and the f16 dequantization of a row range that
+ * does not start at 0. */
 static void test_kernels_gemv_large(void)
 {
     if (quick)
@@ -361,9 +375,10 @@ static void test_kernels_gemv_large(void)
     for (uint32_t T = 1; T <= ECU_GEMV_MAX_TOKENS; T++) {
         CHECK_RUN(ecu_gemv(&m, dx, cols, T, dy, rows, NULL, NULL, &err));
         CHECK_INT(ecu_sync(), 0);
+        const float *xr = ecu_gemv_fusable(&m, T) ? xq : x;
         for (uint32_t t = 0; t < T; t++)
             for (uint64_t r = 0; r < rows; r++)
-                ref[t * rows + r] = (float)ref_dot(w + r * cols, xq + t * cols, cols);
+                ref[t * rows + r] = (float)ref_dot(w + r * cols, xr + t * cols, cols);
         ecu_d2h(got, dy, T * rows * 4);
         CHECK_NERR(nerr(got, ref, T * rows), 1e-5, "gemv 5000 x 16384 T=%u", T);
     }

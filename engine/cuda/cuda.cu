@@ -377,7 +377,7 @@ static int qkv(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *er
 /* g = silu(Wg att) * (Wu att): fused into one launch on the GEMV path */
 static int gate_up(ecu_ctx *cx, void *s, const ecu_layer *L, uint32_t T, eng_err *err)
 {
-    if (T <= ECU_GEMV_MAX_TOKENS && ecu_gemv_swiglu_ok(&L->wg, &L->wu, T))
+    if (ecu_gemv_swiglu_ok(&L->wg, &L->wu, T))
         return ecu_gemv_swiglu(&L->wg, &L->wu, cx->att, T, cx->g, NULL, s, err);
     int rc;
     if ((rc = matmul(cx, s, &L->wg, cx->att, T, cx->g, NULL, err)) ||

@@ -48,15 +48,17 @@ __device__ __forceinline__ void pdl_wait(void)
 
 static bool pdl_on(void)
 {
-    static int v = -1;
-    if (v < 0) {
+    static int v = -1; /* read once; threads racing here store the same value */
+    int on = __atomic_load_n(&v, __ATOMIC_RELAXED);
+    if (on < 0) {
         int dev = 0, major = 0;
         const char *e = getenv("THAW_CUDA_PDL");
         cudaGetDevice(&dev);
-        v = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
-            !(e && *e == '0');
+        on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
+             !(e && *e == '0');
+        __atomic_store_n(&v, on, __ATOMIC_RELAXED);
     }
-    return v;
+    return on;
 }
 
 /* k<<<grid, block, smem, s>>>(args..), with programmatic serialization where pdl_on() */
@@ -228,7 +230,8 @@ extern "C" int ecu_gemv(const ecu_mat *m, const float *d_x, uint64_t ldx, uint32
  *
  * Each warp streams R = 2 weight rows: lane l owns blocks l, l + 32, ..; a block is one
  * 16-byte load of quants per row (two for q8) plus its f16 scale (and minimum), DEPTH blocks
- * ahead. CTAs are persistent (two per multiprocessor), taking rounds of G2_WARPS row groups.
+ * ahead. CTAs are persistent (two per multiprocessor where their shared memory fits, else
+ * one), taking rounds of G2_WARPS row groups.
  * Up to three matrices with the same columns run in one launch, rows stacked (Q, K, V); or a
  * gate and an up matrix run paired, each warp taking the same row of both and writing
  * silu(gate) * up (PAIR).
@@ -252,6 +255,13 @@ typedef struct g2_args {
 
 /* shared bytes for T tokens of nb blocks: four 16-byte planes and two floats per block */
 __host__ __device__ static inline uint64_t g2_smem_bytes(uint32_t T, uint64_t nb) { return (uint64_t)T * nb * 72; }
+
+/* token t's block scales ex in shared memory (NT tokens of nb blocks); its sums sx follow NT * nb
+ * floats later */
+__device__ __forceinline__ float *g2_scales(const uint8_t *sm, int NT, uint64_t nb, uint32_t t)
+{
+    return (float *)(sm + (uint64_t)NT * nb * 64) + (uint64_t)t * nb;
+}
 
 /* Block b of one row, loaded ahead of use: its quants, scale and (q4) minimum. */
 template <int QB>
@@ -309,7 +319,7 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
     for (int t = 0; t < NT; t++) {
         float sq = 0.0f; /* this thread's share of sum x^2 (norm_w set) */
         uint8_t *p0 = sm + (uint64_t)t * nb * 64;
-        float *dx = (float *)(sm + (uint64_t)NT * nb * 64) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+        float *ex = g2_scales(sm, NT, nb, t), *sx = ex + (uint64_t)NT * nb;
         for (uint64_t base = 0; base < nb; base += 4 * G2_WARPS * G2_QU) {
             float4 v[G2_QU];
             uint64_t bl[G2_QU];
@@ -335,15 +345,15 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
                 for (int o = 4; o > 0; o /= 2) /* the 8 lanes of this block */
                     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
                 /* each CTA quantizes all of x, so per value this is a few multiplies, no divides */
-                const float d = amax / 127.0f, e = d / 254.0f, id = amax > 0.0f ? 127.0f / amax : 0.0f, ie = 254.0f * id;
+                const float d = amax / 127.0f, e = d / 254.0f, id = 127.0f / amax, ie = 254.0f * id;
                 const float vv[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
                 uint32_t hi = 0, lo = 0;
                 int sh = 0, sl = 0;
-                if (amax > 0.0f) {
+                if (amax > 1e-36f) { /* below, 127 / max|x| overflows: the block is zeros */
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         const int q = __float2int_rn(vv[i] * id);
-                        const int l = max(-127, min(127, __float2int_rn((vv[i] - (float)q * d) * ie)));
+                        const int l = max(-127, min(127, __float2int_rn(__fmaf_rn(-(float)q, d, vv[i]) * ie)));
                         hi |= (uint32_t)(q & 0xFF) << (8 * i), lo |= (uint32_t)(l & 0xFF) << (8 * i);
                         sh += q, sl += l;
                     }
@@ -359,7 +369,7 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
                     *(uint32_t *)ph = hi;
                     *(uint32_t *)(ph + nb * 32) = lo;
                     if (sub == 0)
-                        dx[bl[u]] = e, sx[bl[u]] = d * (float)sh + e * (float)sl;
+                        ex[bl[u]] = e, sx[bl[u]] = d * (float)sh + e * (float)sl;
                 }
             }
         }
@@ -378,9 +388,9 @@ __device__ __forceinline__ void g2_quantize(const float *x, uint64_t ldx, uint64
             for (int w = 0; w < G2_WARPS; w++)
                 sum += ss[t * G2_WARPS + w];
             const float r = 1.0f / sqrtf(sum / (float)(nb * 32) + eps);
-            float *dx = (float *)(sm + (uint64_t)NT * nb * 64) + (uint64_t)t * nb, *sx = dx + (uint64_t)NT * nb;
+            float *ex = g2_scales(sm, NT, nb, t), *sx = ex + (uint64_t)NT * nb;
             for (uint64_t b = threadIdx.x; b < nb; b += blockDim.x)
-                dx[b] *= r, sx[b] *= r;
+                ex[b] *= r, sx[b] *= r;
         }
     }
 }
@@ -445,7 +455,7 @@ __global__ void __launch_bounds__(G2_WARPS * 32, 2) gemv2_kernel(const __grid_co
     const uint64_t items = (a.groups - first + step - 1) / step * J;
     const uint64_t grp0 = first + threadIdx.x / 32;
     const uint8_t *sm = (const uint8_t *)g2_sm;
-    const float *sdx = (const float *)(sm + (uint64_t)NT * nb * 64), *ssx = sdx + (uint64_t)NT * nb;
+    const float *s_ex = g2_scales(sm, NT, nb, 0), *s_sx = s_ex + (uint64_t)NT * nb;
 
     g2_rows<R, PAIR, QB> cur, pre;
     g2_blk<QB> v[DEPTH][R];
@@ -486,7 +496,7 @@ __global__ void __launch_bounds__(G2_WARPS * 32, 2) gemv2_kernel(const __grid_co
                 for (int t = 0; t < NT; t++) {
                     const uint4 *p = (const uint4 *)(sm + (uint64_t)t * nb * 64) + bb;
                     const uint4 h0 = p[0], h1 = p[nb], l0 = p[2 * nb], l1 = p[3 * nb];
-                    const float ex = sdx[t * nb + bb], sx = ssx[t * nb + bb];
+                    const float ex = s_ex[t * nb + bb], sx = s_sx[t * nb + bb];
 #pragma unroll
                     for (int r = 0; r < R; r++) {
                         const float d = __half2float(v[u][r].d);
