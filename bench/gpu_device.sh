@@ -56,7 +56,7 @@ if has server; then
     sq() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; } # single-quoted for sh
     printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$(sq "$LD_LIBRARY_PATH")" "$(sq "$(realpath "$B/thaw")")" > "$run"
     chmod +x "$run"
-    ldd "$B/thaw" | grep "not found"
+    ldd "$B/thaw" | grep "not found" && { echo "missing libraries for thaw"; exit 1; }
     gguf=models/SmolLM2-135M-Instruct.Q4_1.gguf # (run from the repository's root)
     if [ -f "$gguf" ]; then
         # as `make model` packs it

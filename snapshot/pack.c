@@ -447,12 +447,12 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
 
     w.fd = mkostemps(tmp, 4, O_CLOEXEC);
     made_tmp = w.fd >= 0;
-    if (w.fd >= 0 && fchmod(w.fd, 0644) != 0) {
-        rc = snap_fail(err, SNAP_EIO, "%s: cannot set its mode: %s", tmp, strerror(errno));
-        goto fail;
-    }
     if (w.fd < 0) {
         rc = snap_fail(err, SNAP_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    if (fchmod(w.fd, 0644) != 0) {
+        rc = snap_fail(err, SNAP_EIO, "%s: cannot set its mode: %s", tmp, strerror(errno));
         goto fail;
     }
 

@@ -206,7 +206,7 @@ static void test_override(void)
 {
     static const char *const names[] = {"chatml", "llama3", "llama2", "mistral", "llama3.1"};
     static const int kinds[] = {ENG_CHAT_CHATML, ENG_CHAT_LLAMA3, ENG_CHAT_LLAMA2, ENG_CHAT_MISTRAL, ENG_CHAT_LLAMA31};
-    for (int i = 0; i < 5; i++) {
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         eng_chat_template ct;
         /* the override wins over what the text looks like, and over no text at all */
         CHECK_INT(eng_chat_template_init(&ct, "{{ '[INST]' }}", names[i], NULL), 0);

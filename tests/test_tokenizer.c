@@ -595,7 +595,7 @@ static void test_smollm2_threads(void)
 static void check_spm_first_space(const eng_tokenizer *t)
 {
     int32_t id = -1;
-    for (int32_t i = 0; i < 100000 && id < 0; i++) {
+    for (int32_t i = 0; i < (int32_t)eng_vocab_size(t) && id < 0; i++) {
         size_t len = 0;
         const char *text = eng_token_text(t, i, &len);
         if (!text)

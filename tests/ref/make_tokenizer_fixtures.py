@@ -676,7 +676,6 @@ def metaspace_fixtures(tj, n, docs, picks):
         write_ref(os.path.join(OUT, name + ".ref"), encode_all(tok, docs, picks, SPM_SPECIALS))
         # texts the corpus lacks: a literal "▁" first (no second one is put before it), spaces
         # around special tokens; one line each: parse_special, the text's UTF-8 in hex, the ids
-        tok.encode_special_tokens = False
         with open(os.path.join(OUT, name + ".extra"), "w") as f:
             for text in ("\u2581Hello world", "a<s>\u2581Hello", " <s> b  c", "<s>\u2581\u2581x", "\u2581"):
                 f.write("1 %s %s\n" % (text.encode().hex(), ",".join(map(str, tok.encode(text, add_special_tokens=False).ids))))
