@@ -115,32 +115,22 @@ typedef struct seg {
  * (a + b + c).strip() would. */
 static void put_stripped(out_buf *o, const seg *segs, int n_segs)
 {
-    int ks = -1, ke = -1;
-    size_t ps = 0, pe = 0;
-    for (int k = 0; k < n_segs && ks < 0; k++) {
-        const unsigned char *s = (const unsigned char *)segs[k].s;
-        size_t i = 0, l;
-        while (i < segs[k].n && (l = py_space_len(s + i, segs[k].n - i)) > 0)
-            i += l;
-        if (i < segs[k].n) {
-            ks = k;
-            ps = i;
-        }
+    int ks = 0, ke = n_segs - 1;
+    size_t ps = 0, pe = 0, b, e;
+    for (; ks < n_segs; ks++) { /* the first segment that is not all whitespace, from its first non-space */
+        eng_chat_strip(segs[ks].s, segs[ks].n, &ps, &e);
+        if (ps < segs[ks].n)
+            break;
     }
-    if (ks < 0)
+    if (ks == n_segs)
         return; /* all whitespace */
-    for (int k = n_segs - 1; k >= 0 && ke < 0; k--) {
-        const unsigned char *s = (const unsigned char *)segs[k].s;
-        size_t e = segs[k].n, l;
-        while (e > 0 && (l = py_space_len_back(s, e)) > 0)
-            e -= l;
-        if (e > 0) {
-            ke = k;
-            pe = e;
-        }
+    for (;; ke--) { /* the last one, to its last non-space (segment ks at the latest) */
+        eng_chat_strip(segs[ke].s, segs[ke].n, &b, &pe);
+        if (b < segs[ke].n)
+            break;
     }
     for (int k = ks; k <= ke; k++) {
-        size_t b = k == ks ? ps : 0, e = k == ke ? pe : segs[k].n;
+        b = k == ks ? ps : 0, e = k == ke ? pe : segs[k].n;
         put(o, segs[k].s + b, e - b);
     }
 }

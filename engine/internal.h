@@ -94,6 +94,12 @@ int eng_cuda_device_count(void);               /* 0 when no driver or no device 
     X(MAT, wv, "attn_v.weight") X(MAT, wo, "attn_output.weight")                  \
     X(MAT, wg, "ffn_gate.weight") X(MAT, wu, "ffn_up.weight") X(MAT, wd, "ffn_down.weight")
 
+/* model.c, for the backends' bind: tensor `name` of f in *t, with the checks both backends
+ * make. Absent, it is ENG_ESNAPSHOT when required, else 0 with *t NULL; a vector (vec set) must
+ * be 1-D f32, a matrix 2-D and not bf16 (the error names the backend). */
+int eng_bind_tensor(snap_file *f, const char *name, int required, int vec, const char *backend,
+                    const snap_tensor **t, eng_err *err);
+
 /* In a backend's create function: binds layer l's tensors into *L with the backend's
  * bind(cx, f, name, mat, vec, required, err), the Q/K/V biases required only when bias is
  * set; a failure leaves its code in rc and jumps to fail. Uses cx, f, L, l, bias, rc and err

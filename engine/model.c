@@ -198,6 +198,21 @@ int eng_model_is_stop_token(const eng_model *m, int32_t id)
     return 0;
 }
 
+int eng_bind_tensor(snap_file *f, const char *name, int required, int vec, const char *backend,
+                    const snap_tensor **t, eng_err *err)
+{
+    *t = snap_tensor_find(f, name);
+    if (!*t)
+        return required ? eng_fail(err, ENG_ESNAPSHOT, "%s: missing tensor '%s'", snap_path(f), name) : 0;
+    if (vec && ((*t)->dtype != SNAP_F32 || (*t)->n_dims != 1))
+        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' must be a 1-D f32 vector, is %s", snap_path(f), name,
+                        snap_dtype_name((*t)->dtype));
+    if (!vec && ((*t)->n_dims != 2 || (*t)->dtype == SNAP_BF16))
+        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s matrices are not supported by the %s backend",
+                        snap_path(f), name, (*t)->n_dims, snap_dtype_name((*t)->dtype), backend);
+    return 0;
+}
+
 /* One definition of RoPE's frequencies for every backend: theta^(-2i/D), divided by the
  * model's rope_freqs factors (GGUF Llama 3) or rescaled by Hugging Face's llama3 rule; linear
  * scaling (positions / factor) is folded in as frequency / factor. */

@@ -76,34 +76,35 @@ void rt_buf_printf(rt_buf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+/* The well-formed start of a UTF-8 sequence at s (n bytes left), by Unicode's table of
+ * well-formed byte sequences (Table 3-7): sets *need to the length its lead byte calls for
+ * (0 for a byte that cannot lead one) and returns how many bytes from the lead on fit the
+ * table, at least 1. So the sequence is valid when the two agree; when not, the count is the
+ * maximal ill-formed subpart, which gets one U+FFFD (Unicode's recommended practice, and what
+ * HF's decode gives). */
+static size_t utf8_prefix(const unsigned char *s, size_t n, size_t *need)
+{
+    unsigned c = s[0];
+    *need = c < 0x80 ? 1 : c < 0xC2 || c > 0xF4 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    size_t k = 1;
+    while (k < *need && k < n) {
+        unsigned lo = 0x80, hi = 0xBF;
+        if (k == 1) { /* the second byte excludes overlong forms, surrogates and past U+10FFFF */
+            lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+            hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        }
+        if (s[k] < lo || s[k] > hi)
+            break;
+        k++;
+    }
+    return k;
+}
+
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if it is not one. */
 static size_t utf8_seq(const unsigned char *s, size_t n)
 {
-    unsigned c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t len;
-    unsigned min;
-    uint32_t cp;
-    if ((c & 0xE0) == 0xC0) {
-        len = 2, min = 0x80, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-        len = 3, min = 0x800, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-        len = 4, min = 0x10000, cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return len;
+    size_t need, k = utf8_prefix(s, n, &need);
+    return k == need ? k : 0;
 }
 
 int rt_utf8_valid(const char *s, size_t n, size_t *bad_at)
@@ -124,28 +125,6 @@ int rt_utf8_valid(const char *s, size_t n, size_t *bad_at)
         i += k;
     }
     return 1;
-}
-
-/* Bytes of the maximal ill-formed subpart at s (n bytes left, s not valid UTF-8 there): a lead
- * byte and the continuation bytes that could still have followed it, else the one byte. One
- * U+FFFD per subpart is Unicode's recommended practice (and what HF's decode gives). */
-static size_t utf8_bad_len(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0];
-    if (c < 0xC2 || c > 0xF4)
-        return 1;
-    size_t need = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4, k = 1;
-    while (k < need && k < n) {
-        unsigned lo = 0x80, hi = 0xBF;
-        if (k == 1) {
-            lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
-            hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
-        }
-        if (s[k] < lo || s[k] > hi)
-            break;
-        k++;
-    }
-    return k;
 }
 
 void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
@@ -186,7 +165,8 @@ void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
                 rt_buf_put(b, esc, 6);
             } else {
                 rt_buf_put(b, "\xEF\xBF\xBD", 3); /* U+FFFD for an ill-formed subpart */
-                i += utf8_bad_len(u + i, n - i) - 1;
+                size_t need;
+                i += utf8_prefix(u + i, n - i, &need) - 1;
             }
         }
         i++;

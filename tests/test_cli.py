@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from harness import check, skip, summary
+from harness import check, chunk_table, skip, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.path.join(ROOT, "thaw")
@@ -30,18 +30,6 @@ def clean_failure(r, what, *needles):
     check(r.returncode == 1, f"{what}: exit 1", f"rc={r.returncode} stderr={r.stderr!r}")
     for n in needles:
         check(n in r.stderr, f"{what}: message names {n!r}", r.stderr)
-
-
-def chunk_table(path):
-    """(file_offset, stored_size) of every chunk, from the header per FORMAT.md."""
-    import struct
-    with open(path, "rb") as f:
-        h = f.read(128)
-        n_chunks = struct.unpack_from("<I", h, 40)[0]
-        ct = struct.unpack_from("<Q", h, 80)[0]
-        f.seek(ct)
-        raw = f.read(32 * n_chunks)
-    return [struct.unpack_from("<QI", raw, 32 * i) for i in range(n_chunks)]
 
 
 def test_usage(tmp):

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 
-from harness import check, skip, summary
+from harness import check, chunk_table, skip, summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THAW = os.environ.get("THAW_BIN") or os.path.join(ROOT, "thaw")  # THAW_BIN: e.g. a sanitizer build
@@ -29,18 +29,6 @@ FIXTURE_GGUF = os.path.join(ROOT, "tests", "data", "gguf", "llama-bf16.gguf")
 
 
 KEY_ID, SECRET, TOKEN = "STS.NTestKeyId", "test-secret/with+chars=", "CAIStestSecurityToken+/=="
-
-
-def chunk_table(path):
-    """(file_offset, stored_size) of every chunk, from the header per FORMAT.md."""
-    import struct
-    with open(path, "rb") as f:
-        h = f.read(128)
-        n_chunks = struct.unpack_from("<I", h, 40)[0]
-        ct = struct.unpack_from("<Q", h, 80)[0]
-        f.seek(ct)
-        raw = f.read(32 * n_chunks)
-    return [struct.unpack_from("<QI", raw, 32 * i) for i in range(n_chunks)]
 
 
 def oss_signature(secret, verb, date, token, resource):

@@ -82,22 +82,14 @@ static cpu_r16 r16_view(const cpu_mat *m, const uint8_t *bytes)
 
 static int bind(cpu_ctx *cx, snap_file *f, const char *name, cpu_mat *m, const float **vec, int required, eng_err *err)
 {
-    const snap_tensor *t = snap_tensor_find(f, name);
-    if (!t) {
-        if (required)
-            return eng_fail(err, ENG_ESNAPSHOT, "%s: missing tensor '%s'", snap_path(f), name);
-        return 0;
-    }
+    const snap_tensor *t;
+    int rc = eng_bind_tensor(f, name, required, vec != NULL, "CPU", &t, err);
+    if (rc || !t)
+        return rc;
     if (vec) {
-        if (t->dtype != SNAP_F32 || t->n_dims != 1)
-            return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' must be a 1-D f32 vector, is %s", snap_path(f),
-                            name, snap_dtype_name(t->dtype));
         *vec = (const float *)(cx->img->data + t->offset);
         return 0;
     }
-    if (t->n_dims != 2 || t->dtype == SNAP_BF16)
-        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s matrices are not supported by the CPU backend",
-                        snap_path(f), name, t->n_dims, snap_dtype_name(t->dtype));
     m->dtype = t->dtype;
     m->rows = t->shape[0];
     m->cols = t->shape[1];

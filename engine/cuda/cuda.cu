@@ -221,22 +221,17 @@ static int sink_finish(void *ctx)
 
 static int bind(ecu_ctx *cx, snap_file *f, const char *name, ecu_mat *m, const float **vec, int required, eng_err *err)
 {
-    const snap_tensor *t = snap_tensor_find(f, name);
-    if (!t) {
-        if (required)
-            return eng_fail(err, ENG_ESNAPSHOT, "%s: missing tensor '%s'", snap_path(f), name);
-        return 0;
-    }
+    const snap_tensor *t;
+    int rc = eng_bind_tensor(f, name, required, vec != NULL, "CUDA", &t, err);
+    if (rc || !t)
+        return rc;
     if (vec) {
-        if (t->dtype != SNAP_F32 || t->n_dims != 1)
-            return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' must be a 1-D f32 vector, is %s", snap_path(f),
-                            name, snap_dtype_name(t->dtype));
         *vec = (const float *)(cx->d_weights + t->offset);
         return 0;
     }
-    if (t->n_dims != 2 || t->dtype == SNAP_BF16 || t->shape[1] % 32)
-        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s': %u-D %s [.., %llu] is not supported by the CUDA backend",
-                        snap_path(f), name, t->n_dims, snap_dtype_name(t->dtype), (unsigned long long)t->shape[1]);
+    if (t->shape[1] % 32) /* the kernels read whole blocks of 32 */
+        return eng_fail(err, ENG_EUNSUPPORTED, "%s: tensor '%s' has %llu columns; the CUDA backend needs a multiple of 32",
+                        snap_path(f), name, (unsigned long long)t->shape[1]);
     m->dtype = t->dtype;
     m->layout = t->layout;
     m->rows = t->shape[0];
