@@ -377,8 +377,6 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
         for (long j = need - (long)k; j >= 0 && at < 0; j--)
             if (!memcmp(*text + j, lead, k))
                 at = j;
-        if (at >= 0 && lead == c && (size_t)at + k_lead <= (size_t)need && !memcmp(*text + at, c, k_lead))
-            k = k_lead; /* written whole, trailing whitespace and all */
         if (at < 0) {
             free(*text);
             *text = NULL;
@@ -386,6 +384,8 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
                          "the chat template does not write the final message's content as it is");
             goto done;
         }
+        if (lead == c && (size_t)at + k_lead <= (size_t)need && !memcmp(*text + at, c, k_lead))
+            k = k_lead; /* written whole, trailing whitespace and all */
         need = at + (long)k;
         (*text)[need] = 0;
     }

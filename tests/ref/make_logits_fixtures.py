@@ -81,32 +81,55 @@ def load_model():
     return W, f
 
 
+def round_sym(x, qmax, axis=-1):
+    """x quantized to integers in [-qmax, qmax] with one scale (max|x| / qmax) along axis."""
+    s = np.abs(x).max(axis, keepdims=True) / qmax
+    s[s == 0] = 1
+    return np.clip(np.round(x / s), -qmax, qmax) * s
+
+
+def round_asym(x, axis):
+    """x quantized to 256 levels between its min and max along axis (int8 with a zero point)."""
+    lo, hi = x.min(axis, keepdims=True), x.max(axis, keepdims=True)
+    s = (hi - lo) / 255
+    s[s == 0] = 1
+    return np.round((x - lo) / s) * s + lo
+
+
 def round_blocks(x, qmax):
     """x as quantizing each run of 32 to integers in [-qmax, qmax] (scale max|x| / qmax)
     leaves it: the CPU engine's matmul inputs use qmax 32767. x itself when qmax is None."""
     if qmax is None:
         return x
-    b = x.reshape(x.shape[0], -1, 32)
-    s = np.abs(b).max(-1, keepdims=True) / qmax
-    s[s == 0] = 1
-    return (np.clip(np.round(b / s), -qmax, qmax) * s).reshape(x.shape)
+    return round_sym(x.reshape(x.shape[0], -1, 32), qmax).reshape(x.shape)
 
 
 def round_kv(x, kv):
-    """K or V [T, K, D] as a cache keeps them: exact (None), f16, or int8 with a scale per
-    position and head."""
+    """K or V [T, K, D] as a cache keeps them: exact (None), f16, or int8 -- "i8" with a scale
+    per position and head, "i8a" the same with a zero point, "i8c" with a scale and zero point
+    per channel over each full KV block of 16 positions (keys' outlier channels; the last,
+    partial block stays f16, as in a cache that quantizes a block once it fills)."""
     if kv == "f16":
         return x.astype(np.float16).astype(np.float64)
     if kv == "i8":
-        s = np.abs(x).max(-1, keepdims=True) / 127
-        s[s == 0] = 1
-        return np.round(x / s) * s
+        return round_sym(x, 127)
+    if kv == "i8a":
+        return round_asym(x, -1)
+    if kv == "i8c":
+        full = x.shape[0] // 16 * 16
+        out = round_kv(x, "f16")
+        if full:
+            out[:full] = round_asym(x[:full].reshape(-1, 16, *x.shape[1:]), 1).reshape(full, *x.shape[1:])
+        return out
     return x
 
 
 def forward_factory(model=None, act_qmax=None, kv=None):
     """The Llama forward in float64; with act_qmax / kv set, matmul inputs / K and V are
-    rounded as round_blocks / round_kv say (bench/numerics.py studies what each costs)."""
+    rounded as round_blocks / round_kv say (bench/numerics.py studies what each costs).
+    act_qmax may be a dict by matmul ("qkv", "wo", "gu", "down", "head"), kv a (K, V) pair."""
+    qmax = act_qmax if isinstance(act_qmax, dict) else dict.fromkeys(("qkv", "wo", "gu", "down", "head"), act_qmax)
+    k_kv, v_kv = kv if isinstance(kv, tuple) else (kv, kv)
     W, f = model or load_model()
     E, H, K, L = (f["llama.embedding_length"], f["llama.attention.head_count"],
                   f["llama.attention.head_count_kv"], f["llama.block_count"])
@@ -125,8 +148,8 @@ def forward_factory(model=None, act_qmax=None, kv=None):
         out[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
         return out
 
-    def mm(x, w):
-        return round_blocks(x, act_qmax) @ w.T
+    def mm(x, w, op):
+        return round_blocks(x, qmax[op]) @ w.T
 
     def forward(ids):
         T = len(ids)
@@ -136,20 +159,20 @@ def forward_factory(model=None, act_qmax=None, kv=None):
         for l in range(L):
             p = f"blk.{l}."
             h = rms(x, W[p + "attn_norm.weight"])
-            q = rope(mm(h, W[p + "attn_q.weight"]).reshape(T, H, D), pos)
-            k = round_kv(rope(mm(h, W[p + "attn_k.weight"]).reshape(T, K, D), pos), kv)
-            v = round_kv(mm(h, W[p + "attn_v.weight"]).reshape(T, K, D), kv)
+            q = rope(mm(h, W[p + "attn_q.weight"], "qkv").reshape(T, H, D), pos)
+            k = round_kv(rope(mm(h, W[p + "attn_k.weight"], "qkv").reshape(T, K, D), pos), k_kv)
+            v = round_kv(mm(h, W[p + "attn_v.weight"], "qkv").reshape(T, K, D), v_kv)
             out = np.zeros((T, H, D))
             for hh in range(H):
                 sc = q[:, hh, :] @ k[:, hh // (H // K), :].T / np.sqrt(D) + mask
                 sc = np.exp(sc - sc.max(-1, keepdims=True))
                 sc /= sc.sum(-1, keepdims=True)
                 out[:, hh, :] = sc @ v[:, hh // (H // K), :]
-            x = x + mm(out.reshape(T, -1), W[p + "attn_output.weight"])
+            x = x + mm(out.reshape(T, -1), W[p + "attn_output.weight"], "wo")
             h = rms(x, W[p + "ffn_norm.weight"])
-            g, u = mm(h, W[p + "ffn_gate.weight"]), mm(h, W[p + "ffn_up.weight"])
-            x = x + mm(g / (1 + np.exp(-g)) * u, W[p + "ffn_down.weight"])
-        return mm(rms(x, W["output_norm.weight"]), head)
+            g, u = mm(h, W[p + "ffn_gate.weight"], "gu"), mm(h, W[p + "ffn_up.weight"], "gu")
+            x = x + mm(g / (1 + np.exp(-g)) * u, W[p + "ffn_down.weight"], "down")
+        return mm(rms(x, W["output_norm.weight"]), head, "head")
 
     return forward
 
