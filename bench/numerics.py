@@ -25,12 +25,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGITS = os.path.join(ROOT, "tests", "data", "logits")
 sys.path.insert(0, os.path.join(ROOT, "tests", "ref"))
 from logits_io import read_prompts, read_top  # noqa: E402
-from make_logits_fixtures import forward_factory, load_model  # noqa: E402
+from make_logits_fixtures import OPS, forward_factory, load_model  # noqa: E402
 
 BOUND = 0.08  # tests/test_logits.c
-OPS = ("qkv", "wo", "gu", "down", "head")
-
-
 def act(bits, only=OPS):
     """act_qmax for inputs of `bits` bits in the matmuls named, 16 (the engine's) elsewhere."""
     return {op: (1 << (bits - 1)) - 1 if op in only else 32767 for op in OPS}
@@ -45,8 +42,9 @@ CONFIGS = [  # (act name, act_qmax, K/V name, kv)
     ("int12@qkv,gu", act(12, ("qkv", "gu")), "f16", "f16"),
     ("int16", act(16), "i8", "i8"),
     ("int16", act(16), "k:f16,v:i8", ("f16", "i8")),
+    ("int16", act(16), "k:f16,v:i8a", ("f16", "i8a")),
     ("int16", act(16), "k:i8c,v:f16", ("i8c", "f16")),
-    ("int16", act(16), "k:i8c,v:i8a", ("i8c", "i8a")),
+    ("int16", act(16), "k:i8c,v:i8c", ("i8c", "i8c")),
 ]
 
 

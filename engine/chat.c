@@ -116,21 +116,21 @@ typedef struct seg {
 static void put_stripped(out_buf *o, const seg *segs, int n_segs)
 {
     int ks = 0, ke = n_segs - 1;
-    size_t ps = 0, pe = 0, b, e;
+    size_t ps = 0, pe = 0, end_ks, start_ke;
     for (; ks < n_segs; ks++) { /* the first segment that is not all whitespace, from its first non-space */
-        eng_chat_strip(segs[ks].s, segs[ks].n, &ps, &e);
+        eng_chat_strip(segs[ks].s, segs[ks].n, &ps, &end_ks);
         if (ps < segs[ks].n)
             break;
     }
     if (ks == n_segs)
         return; /* all whitespace */
     for (;; ke--) { /* the last one, to its last non-space (segment ks at the latest) */
-        eng_chat_strip(segs[ke].s, segs[ke].n, &b, &pe);
-        if (b < segs[ke].n)
+        eng_chat_strip(segs[ke].s, segs[ke].n, &start_ke, &pe);
+        if (start_ke < segs[ke].n)
             break;
     }
     for (int k = ks; k <= ke; k++) {
-        b = k == ks ? ps : 0, e = k == ke ? pe : segs[k].n;
+        size_t b = k == ks ? ps : 0, e = k == ke ? pe : segs[k].n;
         put(o, segs[k].s + b, e - b);
     }
 }

@@ -141,9 +141,10 @@ void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
             i++, run++;
             continue;
         }
+        size_t need = 1, k = 1; /* a sequence's length; of an ill-formed one, its subpart's */
         if (c >= 0x80) {
-            size_t k = utf8_seq(u + i, n - i);
-            if (k) {
+            k = utf8_prefix(u + i, n - i, &need);
+            if (k == need) {
                 i += k, run += k;
                 continue;
             }
@@ -165,8 +166,7 @@ void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
                 rt_buf_put(b, esc, 6);
             } else {
                 rt_buf_put(b, "\xEF\xBF\xBD", 3); /* U+FFFD for an ill-formed subpart */
-                size_t need;
-                i += utf8_prefix(u + i, n - i, &need) - 1;
+                i += k - 1;
             }
         }
         i++;

@@ -107,8 +107,9 @@ def round_blocks(x, qmax):
 def round_kv(x, kv):
     """K or V [T, K, D] as a cache keeps them: exact (None), f16, or int8 -- "i8" with a scale
     per position and head, "i8a" the same with a zero point, "i8c" with a scale and zero point
-    per channel over each full KV block of 16 positions (keys' outlier channels; the last,
-    partial block stays f16, as in a cache that quantizes a block once it fills)."""
+    per channel over each full KV block of 16 positions (keys' outlier channels), as a cache
+    that quantizes a block once it fills keeps them at the end; the last, partial block stays
+    f16. The forward shows each query its own block in f16 (it was not full yet)."""
     if kv == "f16":
         return x.astype(np.float16).astype(np.float64)
     if kv == "i8":
@@ -124,12 +125,16 @@ def round_kv(x, kv):
     return x
 
 
+OPS = ("qkv", "wo", "gu", "down", "head")  # the matmuls, by their inputs
+
+
 def forward_factory(model=None, act_qmax=None, kv=None):
     """The Llama forward in float64; with act_qmax / kv set, matmul inputs / K and V are
     rounded as round_blocks / round_kv say (bench/numerics.py studies what each costs).
-    act_qmax may be a dict by matmul ("qkv", "wo", "gu", "down", "head"), kv a (K, V) pair."""
-    qmax = act_qmax if isinstance(act_qmax, dict) else dict.fromkeys(("qkv", "wo", "gu", "down", "head"), act_qmax)
+    act_qmax may be a dict by matmul (OPS), kv a (K, V) pair."""
+    qmax = act_qmax if isinstance(act_qmax, dict) else dict.fromkeys(OPS, act_qmax)
     k_kv, v_kv = kv if isinstance(kv, tuple) else (kv, kv)
+    by_block = "i8c" in (k_kv, v_kv)
     W, f = model or load_model()
     E, H, K, L = (f["llama.embedding_length"], f["llama.attention.head_count"],
                   f["llama.attention.head_count_kv"], f["llama.block_count"])
@@ -156,18 +161,27 @@ def forward_factory(model=None, act_qmax=None, kv=None):
         pos = np.arange(T, dtype=np.float64)
         x = W["token_embd.weight"][ids]
         mask = np.triu(np.full((T, T), -np.inf), 1)
+        full = np.arange(T)[None, :] < (np.arange(T) // 16 * 16)[:, None]  # key j's block full for query i
         for l in range(L):
             p = f"blk.{l}."
             h = rms(x, W[p + "attn_norm.weight"])
             q = rope(mm(h, W[p + "attn_q.weight"], "qkv").reshape(T, H, D), pos)
-            k = round_kv(rope(mm(h, W[p + "attn_k.weight"], "qkv").reshape(T, K, D), pos), k_kv)
-            v = round_kv(mm(h, W[p + "attn_v.weight"], "qkv").reshape(T, K, D), v_kv)
+            k0 = rope(mm(h, W[p + "attn_k.weight"], "qkv").reshape(T, K, D), pos)
+            v0 = mm(h, W[p + "attn_v.weight"], "qkv").reshape(T, K, D)
+            k, v = round_kv(k0, k_kv), round_kv(v0, v_kv)
+            if by_block:  # what a query sees of its own, unfinished block
+                kn = round_kv(k0, "f16") if k_kv == "i8c" else k
+                vn = round_kv(v0, "f16") if v_kv == "i8c" else v
             out = np.zeros((T, H, D))
             for hh in range(H):
-                sc = q[:, hh, :] @ k[:, hh // (H // K), :].T / np.sqrt(D) + mask
+                g = hh // (H // K)
+                if by_block:
+                    sc = np.where(full, q[:, hh, :] @ k[:, g, :].T, q[:, hh, :] @ kn[:, g, :].T) / np.sqrt(D) + mask
+                else:
+                    sc = q[:, hh, :] @ k[:, g, :].T / np.sqrt(D) + mask
                 sc = np.exp(sc - sc.max(-1, keepdims=True))
                 sc /= sc.sum(-1, keepdims=True)
-                out[:, hh, :] = sc @ v[:, hh // (H // K), :]
+                out[:, hh, :] = (sc * full) @ v[:, g, :] + (sc * ~full) @ vn[:, g, :] if by_block else sc @ v[:, g, :]
             x = x + mm(out.reshape(T, -1), W[p + "attn_output.weight"], "wo")
             h = rms(x, W[p + "ffn_norm.weight"])
             g, u = mm(h, W[p + "ffn_gate.weight"], "gu"), mm(h, W[p + "ffn_up.weight"], "gu")
