@@ -28,24 +28,29 @@ from logits_io import read_prompts, read_top  # noqa: E402
 from make_logits_fixtures import OPS, forward_factory, load_model  # noqa: E402
 
 BOUND = 0.08  # tests/test_logits.c
-def act(bits, only=OPS):
-    """act_qmax for inputs of `bits` bits in the matmuls named, 16 (the engine's) elsewhere."""
-    return {op: (1 << (bits - 1)) - 1 if op in only else 32767 for op in OPS}
-
-
-CONFIGS = [  # (act name, act_qmax, K/V name, kv)
-    ("f64", None, "f16", "f16"),
-    ("int16", act(16), "f16", "f16"),
-    ("int12", act(12), "f16", "f16"),
-    ("int12@qkv", act(12, ("qkv",)), "f16", "f16"),
-    ("int12@gu", act(12, ("gu",)), "f16", "f16"),
-    ("int12@qkv,gu", act(12, ("qkv", "gu")), "f16", "f16"),
-    ("int16", act(16), "i8", "i8"),
-    ("int16", act(16), "k:f16,v:i8", ("f16", "i8")),
-    ("int16", act(16), "k:f16,v:i8a", ("f16", "i8a")),
-    ("int16", act(16), "k:i8c,v:f16", ("i8c", "f16")),
-    ("int16", act(16), "k:i8c,v:i8c", ("i8c", "i8c")),
+CONFIGS = [  # (bits of the named matmuls' inputs, 16 elsewhere; None: exact; K/V form, or a (K, V) pair)
+    (None, OPS, "f16"),
+    (16, OPS, "f16"),
+    (12, OPS, "f16"),
+    (12, ("qkv",), "f16"),
+    (12, ("gu",), "f16"),
+    (12, ("qkv", "gu"), "f16"),
+    (16, OPS, "i8"),
+    (16, OPS, ("f16", "i8")),
+    (16, OPS, ("f16", "i8a")),
+    (16, OPS, ("i8c", "f16")),
+    (16, OPS, ("i8c", "i8c")),
 ]
+
+
+def act_qmax(bits, only):
+    """forward_factory's act_qmax: `bits`-bit inputs in the matmuls named, 16 (the engine's) elsewhere."""
+    return None if bits is None else {op: (1 << (bits - 1)) - 1 if op in only else 32767 for op in OPS}
+
+
+def names(bits, only, kv):
+    act = "f64" if bits is None else f"int{bits}" + ("" if only == OPS else "@" + ",".join(only))
+    return act, kv if isinstance(kv, str) else f"k:{kv[0]},v:{kv[1]}"
 
 
 def main():
@@ -54,8 +59,9 @@ def main():
     exact = read_top(os.path.join(LOGITS, "exact.bin"))
     if sum(len(ids) for ids in prompts) != len(exact):
         raise SystemExit("numerics: prompts.bin and exact.bin describe different positions")
-    for act_name, qmax, kv_name, kv in CONFIGS:
-        fwd = forward_factory(model, act_qmax=qmax, kv=kv)
+    for bits, only, kv in CONFIGS:
+        act_name, kv_name = names(bits, only, kv)
+        fwd = forward_factory(model, act_qmax=act_qmax(bits, only), kv=kv)
         rows = (row for ids in prompts for row in fwd(ids))
         worst, agree = 0.0, 0
         for (top, logit), y in zip(exact, rows):

@@ -145,7 +145,9 @@ static void put_stripped1(out_buf *o, const char *s)
  * Recognising the family, and ChatML's default system prompt
  * --------------------------------------------------------------------------------------- */
 static const char *const kind_names[ENG_CHAT_N_KINDS] = {NULL, "chatml", "llama3", "llama2", "mistral", "llama3.1"};
+/* the names above, as the messages list them */
 #define KIND_LIST "chatml, llama3, llama3.1, llama2, mistral"
+#define KIND_CHOICES "chatml|llama3|llama3.1|llama2|mistral"
 
 const char *eng_chat_kind_name(int kind)
 {
@@ -284,7 +286,7 @@ int eng_chat_template_init(eng_chat_template *ct, const char *template_text, con
     } else if (template_text && strstr(template_text, "[INST]")) {
         ct->kind = ENG_CHAT_MISTRAL;
     } else {
-        eng_fail(err, ENG_EINVAL, "%s; choose one with --chat-template chatml|llama3|llama3.1|llama2|mistral",
+        eng_fail(err, ENG_EINVAL, "%s; choose one with --chat-template " KIND_CHOICES,
                 template_text && template_text[0] ? "unrecognised chat template" : "the model has no chat template");
         return ENG_EUNSUPPORTED;
     }

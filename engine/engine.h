@@ -356,7 +356,6 @@ int eng_engine_wait_idle(eng_engine *e, int timeout_ms);
 
 typedef struct eng_stats {
     uint32_t queued, running;
-    uint32_t max_queue;                    /* the bound on queued (eng_engine_opts.max_queue) */
     uint32_t kv_blocks_total, kv_blocks_used, kv_blocks_cached, kv_blocks_free;
     uint64_t prefix_hits, prefix_misses;   /* prompt blocks looked up (the full ones before its last token),
                                             * found / not found in the cache, at first admission */
@@ -365,5 +364,8 @@ typedef struct eng_stats {
     uint64_t requests_finished;
 } eng_stats;
 void eng_engine_stats(eng_engine *e, eng_stats *st); /* thread-safe snapshot */
+/* The bound on queued requests (eng_engine_opts.max_queue, its default resolved); fixed at
+ * create, so read without the engine's lock. */
+uint32_t eng_engine_max_queue(const eng_engine *e);
 
 #endif

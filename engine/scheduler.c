@@ -835,12 +835,13 @@ void eng_engine_stats(eng_engine *e, eng_stats *st)
     pthread_mutex_lock(&e->lock);
     *st = e->stats;
     st->queued = e->n_queued;
-    st->max_queue = e->max_queue;
     st->running = e->n_running;
     eng_kv_counts(e->kv, &st->kv_blocks_free, &st->kv_blocks_used, &st->kv_blocks_cached);
     st->kv_blocks_total = eng_kv_total(e->kv);
     pthread_mutex_unlock(&e->lock);
 }
+
+uint32_t eng_engine_max_queue(const eng_engine *e) { return e->max_queue; }
 
 int eng_engine_check(eng_engine *e)
 {

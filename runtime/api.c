@@ -369,14 +369,12 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
          * vLLM) find it: the last place of the content stripped of surrounding whitespace;
          * its trailing whitespace stays when the template kept it */
         const char *c = cm[n - 1].content;
-        size_t from, to;
-        eng_chat_strip(c, strlen(c), &from, &to);
-        const char *lead = c + from;
-        size_t k = to - from, k_lead = strlen(lead);
-        long at = -1;
-        for (long j = need - (long)k; j >= 0 && at < 0; j--)
-            if (!memcmp(*text + j, lead, k))
-                at = j;
+        size_t from, to, len = strlen(c), k;
+        eng_chat_strip(c, len, &from, &to);
+        k = to - from;
+        long at = need - (long)k;
+        while (at >= 0 && memcmp(*text + at, c + from, k))
+            at--;
         if (at < 0) {
             free(*text);
             *text = NULL;
@@ -384,8 +382,8 @@ static int render_chat(const eng_model *m, const cJSON *root, char **text, long 
                          "the chat template does not write the final message's content as it is");
             goto done;
         }
-        if (lead == c && (size_t)at + k_lead <= (size_t)need && !memcmp(*text + at, c, k_lead))
-            k = k_lead; /* written whole, trailing whitespace and all */
+        if (from == 0 && (size_t)at + len <= (size_t)need && !memcmp(*text + at, c, len))
+            k = len; /* written whole, trailing whitespace and all */
         need = at + (long)k;
         (*text)[need] = 0;
     }
@@ -676,12 +674,11 @@ static int parse_gen(const rt_api_ctx *ctx, const cJSON *root, int chat, gen *g,
     /* Each choice waits in the queue as a request of its own. A request needing more places than
      * the queue has is refused outright (a policy: the engine might drain the queue while the
      * choices are submitted, but a client cannot count on that, and a 429 would invite retries) */
-    eng_stats st;
-    eng_engine_stats(ctx->engine, &st);
-    if (g->pr.n * g->n > st.max_queue) {
+    uint32_t max_queue = eng_engine_max_queue(ctx->engine);
+    if (g->pr.n * g->n > max_queue) {
         rt_error_set(e, 400, "invalid_request_error", "invalid_value", g->n > 1 ? "n" : pname,
                      "n x prompts is %u, more than the server's request queue holds (%u, --max-queue)",
-                     g->pr.n * g->n, st.max_queue);
+                     g->pr.n * g->n, max_queue);
         return -1;
     }
     for (uint32_t i = 0; i < g->pr.n; i++) {
@@ -772,6 +769,17 @@ typedef struct cmpl_lp {
     uint32_t n;
 } cmpl_lp;
 
+/* One "token":logprob entry of a position's top_logprobs object. */
+static void top_entry(cmpl_lp *c, const eng_tokenizer *tok, const char *sep, eng_token_logprob e)
+{
+    char t[256];
+    size_t k = token_bytes(tok, e.token, t, sizeof t);
+    rt_buf_puts(&c->top, sep);
+    rt_buf_json_str(&c->top, t, k);
+    rt_buf_puts(&c->top, ":");
+    logprob_num(&c->top, e.logprob);
+}
+
 static void cmpl_lp_add(cmpl_lp *c, const eng_tokenizer *tok, int32_t token, const eng_sample_result *s, size_t off)
 {
     char t[256];
@@ -784,24 +792,15 @@ static void cmpl_lp_add(cmpl_lp *c, const eng_tokenizer *tok, int32_t token, con
     rt_buf_printf(&c->offsets, "%s%zu", sep, off);
     /* the top candidates and, as OpenAI's legacy completions do, the sampled token when it
      * is not among them (so up to logprobs + 1 entries) */
-    eng_token_logprob top[1 + ENG_MAX_LOGPROBS];
-    uint32_t n = 0;
+    rt_buf_puts(&c->top, sep);
+    rt_buf_puts(&c->top, "{");
     int sampled_in = 0;
     for (uint32_t i = 0; s && i < s->n_top; i++) {
-        top[n++] = s->top[i];
+        top_entry(c, tok, i ? "," : "", s->top[i]);
         sampled_in |= s->top[i].token == token;
     }
     if (s && !sampled_in)
-        top[n++] = (eng_token_logprob){token, s->logprob};
-    rt_buf_puts(&c->top, sep);
-    rt_buf_puts(&c->top, "{");
-    for (uint32_t i = 0; i < n; i++) {
-        k = token_bytes(tok, top[i].token, t, sizeof t);
-        rt_buf_puts(&c->top, i ? "," : "");
-        rt_buf_json_str(&c->top, t, k);
-        rt_buf_puts(&c->top, ":");
-        logprob_num(&c->top, top[i].logprob);
-    }
+        top_entry(c, tok, s->n_top ? "," : "", (eng_token_logprob){token, s->logprob});
     rt_buf_puts(&c->top, "}");
 }
 
@@ -1132,8 +1131,6 @@ static void stream_produce(rt_stream *s)
             if (s->out.len >= 8192 || eng_request_next(r, &ev, 0) != 1)
                 return;
         }
-        if (ev.text_len && ev.finish != ENG_FINISH_CANCELLED && ev.finish != ENG_FINISH_ERROR) /* held back until the end */
-            stream_piece(s, ev.text, ev.text_len, NULL);
         s->completion_tokens += ev.n_generated;
         if (s->bt.prompt_of[s->cur] != s->prompt_seen) {
             s->prompt_seen = s->bt.prompt_of[s->cur];
@@ -1154,6 +1151,8 @@ static void stream_produce(rt_stream *s)
             s->state = ST_END;
             return;
         }
+        if (ev.text_len) /* held back until the end */
+            stream_piece(s, ev.text, ev.text_len, NULL);
         chunk_open(s, s->cur);
         rt_buf_puts(&s->out, s->chat ? "\"delta\":{},\"logprobs\":null" : "\"text\":\"\",\"logprobs\":null");
         chunk_close(s, finish_name(ev.finish));

@@ -100,13 +100,6 @@ static size_t utf8_prefix(const unsigned char *s, size_t n, size_t *need)
     return k;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), or 0 if it is not one. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    size_t need, k = utf8_prefix(s, n, &need);
-    return k == need ? k : 0;
-}
-
 int rt_utf8_valid(const char *s, size_t n, size_t *bad_at)
 {
     const unsigned char *u = (const unsigned char *)s;
@@ -116,8 +109,8 @@ int rt_utf8_valid(const char *s, size_t n, size_t *bad_at)
             i++;
             continue;
         }
-        size_t k = utf8_seq(u + i, n - i);
-        if (!k) {
+        size_t need, k = utf8_prefix(u + i, n - i, &need);
+        if (k != need) {
             if (bad_at)
                 *bad_at = i;
             return 0;
@@ -141,7 +134,7 @@ void rt_buf_json_str(rt_buf *b, const char *s, size_t n)
             i++, run++;
             continue;
         }
-        size_t need = 1, k = 1; /* a sequence's length; of an ill-formed one, its subpart's */
+        size_t need, k = 1; /* a sequence's length; of an ill-formed one, its subpart's */
         if (c >= 0x80) {
             k = utf8_prefix(u + i, n - i, &need);
             if (k == need) {

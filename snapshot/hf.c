@@ -772,21 +772,23 @@ static const cJSON *find_step(const cJSON *root, const char *key, const char *li
 static int spm_space_rule(const cJSON *root, const char *file, snap_vocab *v, snap_err *err)
 {
     const cJSON *pre = find_step(root, "normalizer", "normalizers", "Prepend");
-    const cJSON *ms = find_step(root, "pre_tokenizer", "pretokenizers", "Metaspace");
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(pre, "prepend");
     v->add_space_prefix = cJSON_IsString(p) && strcmp(p->valuestring, SPM_SPACE) == 0 ? SNAP_SPACE_LEGACY : SNAP_SPACE_NONE;
-    v->spm_split = 0;
-    const cJSON *pt = member(root, "pre_tokenizer"), *s;
+    const cJSON *pt = member(root, "pre_tokenizer"), *ms = NULL, *s;
     const char *pt_type = type_of(pt);
-    if (pt_type && strcmp(pt_type, "Sequence") == 0) /* other steps would tokenize differently */
+    if (pt_type && strcmp(pt_type, "Metaspace") == 0)
+        ms = pt;
+    else if (pt_type && strcmp(pt_type, "Sequence") == 0) /* other steps would tokenize differently */
         cJSON_ArrayForEach(s, cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers")) {
             const char *st = type_of(s);
             if (!st || strcmp(st, "Metaspace") != 0)
                 return snap_fail(err, SNAP_EUNSUPPORTED,
                                  "%s: SentencePiece pre-tokenizer step '%.32s' is not supported (only Metaspace)", file,
                                  st ? st : "?");
+            if (!ms)
+                ms = s;
         }
-    if (!ms)
+    if (!ms) /* spm_split stays 0 (snap_src_init) */
         return 0;
     const cJSON *scheme = cJSON_GetObjectItemCaseSensitive(ms, "prepend_scheme");
     const cJSON *add = cJSON_GetObjectItemCaseSensitive(ms, "add_prefix_space");
@@ -1101,7 +1103,6 @@ static int read_tokenizer(hf_reader *r)
     } else {
         v->model = SNAP_TOK_BPE;
         v->add_space_prefix = SNAP_SPACE_NONE;
-        v->spm_split = 0;
         if ((rc = pre_kind(member(root, "pre_tokenizer"), file, &v->pre, err)))
             goto fail;
     }

@@ -451,7 +451,9 @@ int snap_pack_model(const snap_src_model *m, const char *out, const snap_pack_op
         rc = snap_fail(err, SNAP_EIO, "%s: cannot create: %s", tmp, strerror(errno));
         goto fail;
     }
-    if (fchmod(w.fd, 0644) != 0) {
+    mode_t mask = umask(0); /* read the umask to honour it, as open(.., 0644) would */
+    umask(mask);
+    if (fchmod(w.fd, 0644 & ~mask) != 0) {
         rc = snap_fail(err, SNAP_EIO, "%s: cannot set its mode: %s", tmp, strerror(errno));
         goto fail;
     }

@@ -8,7 +8,10 @@
  *     identical output;
  *   - 1000 random requests with random cancellations on a tiny model leave no block leaked
  *     and the block manager's invariants hold;
- *   - the block manager on its own: states, LRU eviction, lookups. */
+ *   - the block manager on its own: states, LRU eviction, lookups, and many blocks through a
+ *     small key table;
+ *   - a full queue refuses, then drains; a cancelled queued request leaves at once;
+ *   - the newest sequence is the one preempted; a pool smaller than the context shortens it. */
 #include "../engine/kv.h"
 #include "test.h"
 
@@ -28,17 +31,31 @@ static eng_model *open_model(const char *path, uint64_t kv_mem, uint32_t n_ctx)
     return m;
 }
 
-/* The default model (n_ctx positions, kv_mem bytes of KV or 0 for the default) and an engine
- * on it; NULL (message printed) on failure, *m then NULL or the model to close. */
-static eng_engine *model_engine(uint64_t kv_mem, uint32_t n_ctx, const eng_engine_opts *opts, eng_model **m)
+/* The snapshot at path (n_ctx positions, kv_mem bytes of KV or 0 for the default) and an
+ * engine on it (opts, NULL: the defaults); NULL (message printed) on failure, *m then NULL or
+ * the model to close. */
+static eng_engine *model_engine(const char *path, uint64_t kv_mem, uint32_t n_ctx, const eng_engine_opts *opts,
+                                eng_model **m)
 {
     eng_engine *e = NULL;
     eng_err err;
-    if (!(*m = open_model(MODEL, kv_mem, n_ctx)))
+    if (!(*m = open_model(path, kv_mem, n_ctx)))
         return NULL;
     if (eng_engine_create(*m, opts, &e, &err) != 0)
         fprintf(stderr, "  engine: %s\n", err.msg);
     return e;
+}
+
+/* The end of a test: the engine idle with its invariants whole, then everything closed (and
+ * the packed snapshot at path, when given, removed). */
+static void close_all(eng_engine *e, eng_model *m, const char *path)
+{
+    CHECK(eng_engine_wait_idle(e, 10000));
+    CHECK(eng_engine_check(e));
+    eng_engine_destroy(e);
+    eng_model_close(m);
+    if (path)
+        unlink(path);
 }
 
 typedef struct job {
@@ -104,7 +121,7 @@ static void concurrent_equals_alone(uint64_t kv_mem, int expect_preemption)
         TEST_SKIP("default model not present (run `make model`)");
     eng_model *m = NULL;
     eng_engine_opts o = {.max_seqs = 8, .max_batch_tokens = 64};
-    eng_engine *e = model_engine(kv_mem, 512, &o, &m);
+    eng_engine *e = model_engine(MODEL, kv_mem, 512, &o, &m);
     REQUIRE(e != NULL);
     static job alone[N_PROMPTS], together[N_PROMPTS];
     for (size_t i = 0; i < N_PROMPTS; i++) {
@@ -137,9 +154,7 @@ static void concurrent_equals_alone(uint64_t kv_mem, int expect_preemption)
     if (expect_preemption)
         CHECK(after.preemptions > before.preemptions);
     CHECK_INT(after.kv_blocks_used, 0);
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
+    close_all(e, m, NULL);
 }
 
 static void test_concurrent_equals_alone(void) { concurrent_equals_alone(0, 0); }
@@ -156,7 +171,7 @@ static void test_prefix_cache_reuse(void)
     if (access(MODEL, R_OK) != 0)
         TEST_SKIP("default model not present (run `make model`)");
     eng_model *m = NULL;
-    eng_engine *e = model_engine(0, 512, NULL, &m);
+    eng_engine *e = model_engine(MODEL, 0, 512, NULL, &m);
     REQUIRE(e != NULL);
     const char *sys = "<|im_start|>system\nYou are a careful assistant who answers in one short sentence and "
                       "never adds anything else, not even a greeting or a closing remark.<|im_end|>\n";
@@ -194,11 +209,13 @@ static void test_prefix_cache_reuse(void)
 
 /* ---- tiny-model helpers ------------------------------------------------------------------ */
 
-/* The tiny model packed (quant: SNAP_QUANT_*) to a temporary snapshot named by
- * tag, opened with a pool of kv_blocks blocks (0: the default) and an n_ctx-token context. */
-static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t quant, uint32_t kv_blocks,
-                             uint32_t n_ctx)
+/* The tiny model packed (quant: SNAP_QUANT_*) to a temporary snapshot named by tag (its path
+ * in path[cap]), opened with a pool of kv_blocks blocks (0: the default) and an n_ctx-token
+ * context, and an engine on it, as model_engine. */
+static eng_engine *tiny_engine(char *path, size_t cap, const char *tag, uint32_t quant, uint32_t kv_blocks,
+                               uint32_t n_ctx, const eng_engine_opts *opts, eng_model **m)
 {
+    *m = NULL;
     snprintf(path, cap, "%s/thaw-%s-%d.thaw", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", tag, (int)getpid());
     snap_err serr;
     snap_pack_opts po = {.quant = quant};
@@ -207,32 +224,7 @@ static eng_model *tiny_model(char *path, size_t cap, const char *tag, uint32_t q
         return NULL;
     }
     uint64_t per_block = 2ull * 2 * 2 * 16 * 16 * 2; /* K and V, f16: 2 layers, 2 KV heads of 16 */
-    return open_model(path, per_block * kv_blocks, n_ctx);
-}
-
-/* An engine (opts, NULL: the defaults) on tiny_model's model, returned in *m; NULL on failure. */
-static eng_engine *tiny_engine(char *path, size_t cap, const char *tag, uint32_t quant, uint32_t kv_blocks,
-                               uint32_t n_ctx, const eng_engine_opts *opts, eng_model **m)
-{
-    eng_engine *e = NULL;
-    eng_err err;
-    if (!(*m = tiny_model(path, cap, tag, quant, kv_blocks, n_ctx)))
-        return NULL;
-    if (eng_engine_create(*m, opts, &e, &err) != 0)
-        fprintf(stderr, "  engine: %s\n", err.msg);
-    return e;
-}
-
-/* The end of a test: the engine idle with its invariants whole, then everything closed (and
- * the packed snapshot at path, when given, removed). */
-static void close_all(eng_engine *e, eng_model *m, const char *path)
-{
-    CHECK(eng_engine_wait_idle(e, 10000));
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
-    if (path)
-        unlink(path);
+    return model_engine(path, per_block * kv_blocks, n_ctx, opts, m);
 }
 
 static eng_request *submit_n(eng_engine *e, uint32_t n_prompt, uint32_t max_tokens)
@@ -326,10 +318,7 @@ static void test_random_requests_no_leak(void)
     CHECK_INT(st.kv_blocks_free + st.kv_blocks_cached, st.kv_blocks_total);
     CHECK(st.preemptions > 0);
     CHECK(st.prefix_hits > 0);
-    CHECK(eng_engine_check(e));
-    eng_engine_destroy(e);
-    eng_model_close(m);
-    unlink(path);
+    close_all(e, m, path);
 }
 
 static void test_queue_full_and_drain(void)
@@ -457,7 +446,7 @@ static void test_cancel_queued(void)
         TEST_SKIP("default model not present (run `make model`)");
     eng_model *m = NULL;
     eng_engine_opts o = {.max_seqs = 1, .max_queue = 1};
-    eng_engine *e = model_engine(0, 2048, &o, &m);
+    eng_engine *e = model_engine(MODEL, 0, 2048, &o, &m);
     REQUIRE(e != NULL);
     eng_request *a = submit_n(e, 4, 2000);
     REQUIRE(a);

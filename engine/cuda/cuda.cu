@@ -682,10 +682,12 @@ static int cuda_create(snap_file *f, const eng_backend_params *p, void **out, ui
             int bias = (c->flags & SNAP_FLAG_QKV_BIAS) != 0;
             ENG_BIND_LAYER();
             const ecu_mat *ms[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->wg, &L->wu, &L->wd};
-            for (int i = 0; i < 7; i++) /* x of fewer tokens needs less shared memory */
-                while (cx->fused_tokens &&
-                       !(ecu_gemv_fusable(ms[i], cx->fused_tokens) && ms[i]->dtype == L->wq.dtype))
-                    cx->fused_tokens--;
+            for (int i = 0; i < 7; i++) {
+                if (ms[i]->dtype != L->wq.dtype)
+                    cx->fused_tokens = 0;
+                while (cx->fused_tokens && !ecu_gemv_fusable(ms[i], cx->fused_tokens))
+                    cx->fused_tokens--; /* x of fewer tokens needs less shared memory */
+            }
         }
         uint32_t half = c->head_dim / 2;
         float *hf = (float *)malloc(2 * half * sizeof(float));

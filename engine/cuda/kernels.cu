@@ -46,22 +46,21 @@ __device__ __forceinline__ void pdl_wait(void)
 #endif
 }
 
-static bool pdl_on(void)
-{
-    static int v = -1; /* read once; threads racing here store the same value */
-    int on = __atomic_load_n(&v, __ATOMIC_RELAXED);
-    if (on < 0) {
-        int dev = 0, major = 0;
-        const char *e = getenv("THAW_CUDA_PDL");
-        cudaGetDevice(&dev);
-        on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9 &&
-             !(e && *e == '0');
-        __atomic_store_n(&v, on, __ATOMIC_RELAXED);
-    }
-    return on;
-}
+/* The device facts the launches use, read by ecu_prepare: whether programmatic dependent
+ * launch is on (sm_90+, unless THAW_CUDA_PDL=0), multiprocessors, shared memory per
+ * multiprocessor, and the dynamic shared memory a GEMV CTA may have -- the opt-in limit (H100:
+ * 227 KB, A100: 163 KB, A10/Ada: 99 KB, T4: 64 KB) less CTA_SMEM_EXTRA for the kernel's own
+ * static shared memory (the norm's partial sums): the two together must fit, or raising the
+ * limit fails. */
+#define CTA_SMEM_EXTRA 1024 /* static shared memory a GEMV CTA may have besides its dynamic */
+#define CTA_SMEM_SYSTEM 1024 /* shared memory the system reserves per CTA */
+static struct {
+    bool pdl;
+    int sms;
+    uint32_t smem_sm, smem_max;
+} dev;
 
-/* k<<<grid, block, smem, s>>>(args..), with programmatic serialization where pdl_on() */
+/* k<<<grid, block, smem, s>>>(args..), with programmatic serialization where dev.pdl */
 template <typename... P, typename... A>
 static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args)
 {
@@ -74,7 +73,7 @@ static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, size_t sme
     cfg.dynamicSmemBytes = smem;
     cfg.stream = s;
     cfg.attrs = at;
-    cfg.numAttrs = pdl_on() ? 1 : 0;
+    cfg.numAttrs = dev.pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, k, args...);
 }
 
@@ -554,47 +553,13 @@ __global__ void __launch_bounds__(G2_WARPS * 32, 2) gemv2_kernel(const __grid_co
 
 #define G2_R 2
 
-/* The device facts the GEMV launches use, read once: multiprocessors, shared memory per
- * multiprocessor, and the dynamic shared memory a CTA may have -- the opt-in limit (H100:
- * 227 KB, A100: 163 KB, A10/Ada: 99 KB, T4: 64 KB) less 1 KB for the kernel's own static
- * shared memory (the norm's partial sums): the two together must fit, or raising the limit
- * fails. */
-static struct {
-    int sms;
-    uint32_t smem_sm, smem_max;
-} g2_dev;
-
-static void g2_device(void)
-{
-    if (__atomic_load_n(&g2_dev.sms, __ATOMIC_ACQUIRE))
-        return;
-    int dev = 0, sms = 0, optin = 0, per_sm = 0;
-    cudaGetDevice(&dev);
-    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess || optin <= 0)
-        optin = 48 << 10;
-    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess || per_sm <= 0)
-        per_sm = optin;
-    g2_dev.smem_max = (uint32_t)optin - 1024;
-    g2_dev.smem_sm = (uint32_t)per_sm;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
-        sms = 16;
-    __atomic_store_n(&g2_dev.sms, sms, __ATOMIC_RELEASE);
-}
-
-static uint32_t g2_smem_max(void)
-{
-    g2_device();
-    return g2_dev.smem_max;
-}
-
 /* CTAs for a persistent launch: two per multiprocessor (16 warps) where two CTAs' shared memory
  * fits (each also has 1 KB static and 1 KB the system reserves), else one; fewer for small
  * matrices. All are resident at once: a CTA of a second wave would start only when one ends. */
 static unsigned g2_grid(uint64_t groups, uint64_t smem)
 {
-    g2_device();
-    uint64_t per_sm = 2 * (smem + 2048) <= g2_dev.smem_sm ? 2 : 1;
-    uint64_t need = (groups + G2_WARPS - 1) / G2_WARPS, cap = per_sm * (uint64_t)g2_dev.sms;
+    uint64_t per_sm = 2 * (smem + CTA_SMEM_EXTRA + CTA_SMEM_SYSTEM) <= dev.smem_sm ? 2 : 1;
+    uint64_t need = (groups + G2_WARPS - 1) / G2_WARPS, cap = per_sm * (uint64_t)dev.sms;
     return (unsigned)(need < cap ? need : cap);
 }
 
@@ -628,11 +593,25 @@ static cudaError_t g2_raise(int bytes)
     return e;
 }
 
-/* Once per process, with the context current, before any launch or graph capture: the GEMV
- * kernels' shared-memory limit and the device facts the launchers cache. */
+/* Once per process, with the context current, before any launch or graph capture: the device
+ * facts the launchers use, and the GEMV kernels' shared-memory limit. */
 extern "C" int ecu_prepare(void)
 {
-    int bytes = (int)g2_smem_max();
+    int d = 0, major = 0, sms = 0, optin = 0, per_sm = 0;
+    const char *e_pdl = getenv("THAW_CUDA_PDL");
+    cudaGetDevice(&d);
+    dev.pdl = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d) == cudaSuccess && major >= 9 &&
+              !(e_pdl && *e_pdl == '0');
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, d) != cudaSuccess || optin <= 0)
+        optin = 48 << 10;
+    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, d) != cudaSuccess || per_sm <= 0)
+        per_sm = optin;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d) != cudaSuccess || sms <= 0)
+        sms = 16;
+    dev.smem_max = (uint32_t)optin - CTA_SMEM_EXTRA;
+    dev.smem_sm = (uint32_t)per_sm;
+    dev.sms = sms;
+    int bytes = (int)dev.smem_max;
     if (bytes <= 47 << 10) /* up to 48 KB of static + dynamic needs no opt-in */
         return 0;
     cudaError_t e = g2_raise<false, 16>(bytes);
@@ -653,7 +632,7 @@ static bool is_split_quant(const ecu_mat *m)
 /* SPLIT q4/q8, and x of T tokens quantized fits in shared memory */
 static bool g2_fits(const ecu_mat *m, uint32_t T)
 {
-    return is_split_quant(m) && T >= 1 && T <= ECU_GEMV_MAX_TOKENS && g2_smem_bytes(T, m->cols / 32) <= g2_smem_max();
+    return is_split_quant(m) && T >= 1 && T <= ECU_GEMV_MAX_TOKENS && g2_smem_bytes(T, m->cols / 32) <= dev.smem_max;
 }
 
 /* Row groups from the stacked rows (PAIR: the gate's rows, R / 2 of them per group). */
